@@ -1,0 +1,51 @@
+use std::process::ExitCode;
+
+use waverify::settings::{Flags, Settings, VARIABLES};
+use waverify::startup::Application;
+use waverify::telemetry;
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let flags = match Flags::parse(std::env::args().skip(1)) {
+        Ok(flags) => flags,
+        Err(message) => {
+            eprintln!("waverify: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.help {
+        print_help();
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::from_env(&flags) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("waverify: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log_filter);
+    let app = match Application::build(settings) {
+        Ok(app) => app,
+        Err(error) => {
+            eprintln!("waverify: cannot start: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("waverify: server error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_help() {
+    println!("waverify: one-time login codes over WhatsApp\n");
+    println!("usage: waverify [--bind ADDR] [--data-dir DIR]\n");
+    println!("Configuration comes from these environment variables:");
+    for (name, meaning) in VARIABLES {
+        println!("  {name:<30} {meaning}");
+    }
+}

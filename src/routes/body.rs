@@ -1,0 +1,61 @@
+//! Reading request bodies with a size limit and a deadline.
+
+use std::time::Duration;
+
+use actix_web::web::{Bytes, BytesMut, Payload};
+use actix_web::{http::header, HttpRequest};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// How long a client may take to send its body. A slow client then holds
+/// a connection for a bounded time, never forever.
+const BODY_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Reads the whole body, refusing it as soon as it is known to exceed
+/// `limit`: at once when `Content-Length` says so, otherwise as soon as the
+/// chunks received pass it, without buffering the rest.
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BodyUnreadable(e.to_string()))?;
+            if buffer.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_DEADLINE, read).await {
+        Ok(result) => result?,
+        Err(_) => return Err(ApiError::BodyUnreadable("the body did not arrive in time".into())),
+    }
+    Ok(buffer.freeze())
+}
+
+/// Reads a small JSON body into `T`; any failure is a 400 that says why.
+pub async fn read_json<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_limited(req, payload, limit).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidBody("a JSON body is required".into()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidBody(format!("invalid JSON: {e}")))
+}

@@ -1,0 +1,95 @@
+//! HTTP in and out, kept thin: parse, call the domain and the store, answer.
+
+mod auth;
+mod body;
+mod health;
+mod verifications;
+mod webhook;
+
+use actix_web::{web, HttpResponse};
+use ring::rand::SystemRandom;
+
+use crate::clock::SharedClock;
+use crate::domain::CodeHasher;
+use crate::error::ApiError;
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::whatsapp::WebhookVerifier;
+
+pub use auth::{Authenticated, SecretDigest};
+pub use body::{read_json, read_limited};
+pub use verifications::VerificationView;
+
+/// What every request handler shares, whichever worker runs it.
+pub struct AppState {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub codes: CodeHasher,
+    pub webhook: WebhookVerifier,
+    pub api_key: SecretDigest,
+    pub verify_token: SecretDigest,
+    pub code_ttl_seconds: i64,
+    pub max_attempts: u32,
+    pub rng: SystemRandom,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, store: Store, clock: SharedClock) -> Self {
+        let previous_code_key = settings.code_key_previous.as_ref();
+        let previous_app_secret = settings.app_secret_previous.as_ref();
+        Self {
+            store,
+            clock,
+            codes: CodeHasher::new(
+                settings.code_key.expose().as_bytes(),
+                previous_code_key.map(|k| k.expose().as_bytes()),
+            ),
+            webhook: WebhookVerifier::new(
+                settings.app_secret.expose().as_bytes(),
+                previous_app_secret.map(|k| k.expose().as_bytes()),
+            ),
+            api_key: SecretDigest::of(settings.api_key.expose()),
+            verify_token: SecretDigest::of(settings.verify_token.expose()),
+            code_ttl_seconds: settings.code_ttl.as_secs() as i64,
+            max_attempts: settings.max_attempts,
+            rng: SystemRandom::new(),
+        }
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/verifications")
+            .route(web::post().to(verifications::send_code))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/verifications/{id}")
+            .route(web::get().to(verifications::get))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/verifications/{id}/check")
+            .route(web::post().to(verifications::check))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/webhook")
+            .route(web::get().to(webhook::handshake))
+            .route(web::post().to(webhook::receive))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/healthz")
+            .route(web::get().to(health::check))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

@@ -1,0 +1,112 @@
+//! The endpoint Meta calls: the registration handshake, and signed status
+//! POSTs.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::domain::{DeliveryStatus, StatusEvent, VerificationId};
+use crate::error::ApiError;
+use crate::routes::{read_limited, AppState};
+use crate::store::StatusOutcome;
+use crate::whatsapp::payload::{self, StatusReport};
+use crate::whatsapp::signature::{self, SignatureError};
+
+/// Meta's bodies can reach about 3 MB.
+pub const WEBHOOK_LIMIT: usize = 3 * 1024 * 1024;
+
+/// `GET /webhook?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C`:
+/// answers C, as plain text, only when T is the configured token. This
+/// request carries no signature and must not be asked for one.
+pub async fn handshake(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|_| ApiError::HandshakeRefused)?;
+    let field = |name: &str| query.get(name).map(String::as_str);
+    let token_ok =
+        field("hub.verify_token").is_some_and(|t| state.verify_token.matches(t.as_bytes()));
+    match (field("hub.mode"), field("hub.challenge")) {
+        (Some("subscribe"), Some(challenge)) if token_ok => {
+            tracing::info!("webhook verification handshake answered");
+            Ok(HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .body(challenge.to_owned()))
+        }
+        _ => {
+            tracing::warn!("webhook verification handshake refused");
+            Err(ApiError::HandshakeRefused)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    applied: usize,
+    unchanged: usize,
+    unknown: usize,
+    ignored: usize,
+}
+
+/// `POST /webhook`: checks the signature over the raw bytes, then applies
+/// every status in the body, and answers 200 only once the changes are on
+/// disk: Meta cannot be asked for a webhook again, so acknowledging one
+/// that a crash could still lose would lose it for good.
+pub async fn receive(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, body, WEBHOOK_LIMIT).await?;
+    let header = req.headers().get(signature::HEADER).map(|v| v.as_bytes());
+    state.webhook.verify(header, &body).map_err(|e| match e {
+        SignatureError::Missing => ApiError::SignatureMissing,
+        SignatureError::Malformed => ApiError::SignatureMalformed,
+        SignatureError::Mismatch => ApiError::SignatureMismatch,
+    })?;
+    let parsed = payload::parse(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+
+    let now = state.clock.now();
+    let mut tally = Tally::default();
+    for report in &parsed.statuses {
+        apply(&state, report, now, &mut tally)?;
+    }
+    state.store.commit().await?;
+
+    tracing::info!(
+        statuses = parsed.statuses.len(),
+        applied = tally.applied,
+        unchanged = tally.unchanged,
+        unknown = tally.unknown,
+        ignored = tally.ignored,
+        skipped_changes = parsed.skipped_changes,
+        "webhook stored"
+    );
+    Ok(HttpResponse::Ok().json(json!({"received": parsed.statuses.len()})))
+}
+
+fn apply(
+    state: &AppState,
+    report: &StatusReport,
+    now: i64,
+    tally: &mut Tally,
+) -> Result<(), ApiError> {
+    let Some(status) = report.status else {
+        tally.ignored += 1;
+        return Ok(());
+    };
+    let event = StatusEvent {
+        status,
+        timestamp: report.timestamp.unwrap_or(now),
+        error: if status == DeliveryStatus::Failed { report.error.clone() } else { None },
+    };
+    let callback = report.callback.as_deref().and_then(VerificationId::parse);
+    match state.store.record_status(&report.message_id, callback.as_ref(), &event)? {
+        StatusOutcome::Applied => tally.applied += 1,
+        StatusOutcome::Unchanged => tally.unchanged += 1,
+        StatusOutcome::Unknown => tally.unknown += 1,
+    }
+    Ok(())
+}

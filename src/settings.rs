@@ -1,0 +1,418 @@
+//! Typed configuration, read once from the environment (and a few flags)
+//! and checked before anything starts.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret value. `Debug` and `Display` never show it; `expose` is called
+/// only at the line that uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A local stand-in of the Graph API answers, and sends signed status
+    /// webhooks back; nothing leaves the machine.
+    Sandbox,
+    /// Messages go to the configured Graph API.
+    Live,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    /// Scheme and host, no trailing slash. In sandbox mode this is replaced
+    /// by the stand-in's address once the listener is bound.
+    pub base_url: String,
+    pub version: String,
+    pub phone_number_id: String,
+    pub access_token: Secret,
+    pub template: String,
+    pub template_lang: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_key: Secret,
+    pub code_key: Secret,
+    pub code_key_previous: Option<Secret>,
+    pub code_ttl: Duration,
+    pub max_attempts: u32,
+    pub graph: GraphSettings,
+    pub verify_token: Secret,
+    pub app_secret: Secret,
+    pub app_secret_previous: Option<Secret>,
+    pub log_filter: String,
+    /// Variables that were unset and got a development value (sandbox only).
+    pub development_defaults: Vec<&'static str>,
+}
+
+/// A variable that is missing or malformed. The message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+fn invalid(variable: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { variable, reason: reason.into() }
+}
+
+/// Development values used in sandbox mode for secrets left unset. They are
+/// public (the README prints them), which is harmless: in sandbox mode no
+/// message leaves the machine.
+pub mod sandbox_defaults {
+    pub const API_KEY: &str = "sandbox-api-key";
+    pub const CODE_KEY: &str = "sandbox-code-key-do-not-use-in-production";
+    pub const VERIFY_TOKEN: &str = "sandbox-verify-token";
+    pub const APP_SECRET: &str = "sandbox-app-secret";
+    pub const ACCESS_TOKEN: &str = "sandbox-access-token";
+    pub const PHONE_NUMBER_ID: &str = "100000000000001";
+    pub const TEMPLATE: &str = "waverify_code";
+}
+
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.facebook.com";
+pub const DEFAULT_GRAPH_VERSION: &str = "v23.0";
+
+/// Every variable waverify reads, with what it means; printed by `--help`.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("WAVERIFY_BIND", "address to listen on (default 127.0.0.1:8080; flag --bind)"),
+    ("WAVERIFY_DATA_DIR", "directory of the embedded store (default ./data; flag --data-dir)"),
+    ("WAVERIFY_API_KEY", "bearer key login backends use on /v1 (at least 24 characters)"),
+    ("WAVERIFY_CODE_KEY", "key of the HMAC under which codes are stored (at least 32 characters)"),
+    ("WAVERIFY_CODE_KEY_PREVIOUS", "previous code key, still accepted while rotating"),
+    ("WAVERIFY_CODE_TTL", "seconds a code stays valid (default 600, 30 to 3600)"),
+    ("WAVERIFY_MAX_ATTEMPTS", "wrong checks before a verification dies (default 5, 1 to 20)"),
+    ("WAVERIFY_ACCESS_TOKEN", "Meta system-user access token; unset means sandbox mode"),
+    ("WAVERIFY_GRAPH_URL", "Graph API base URL (default https://graph.facebook.com)"),
+    ("WAVERIFY_GRAPH_VERSION", "Graph API version (default v23.0)"),
+    ("WAVERIFY_GRAPH_TIMEOUT", "seconds to wait for the Graph API (default 10, 1 to 60)"),
+    ("WAVERIFY_PHONE_NUMBER_ID", "the WhatsApp business phone number id that sends codes"),
+    ("WAVERIFY_TEMPLATE", "name of the approved authentication template"),
+    ("WAVERIFY_TEMPLATE_LANG", "language code of that template (default en_US)"),
+    ("WAVERIFY_VERIFY_TOKEN", "token Meta echoes in the webhook verification handshake"),
+    ("WAVERIFY_APP_SECRET", "Meta app secret; signs every webhook POST"),
+    ("WAVERIFY_APP_SECRET_PREVIOUS", "previous app secret, still accepted while rotating"),
+    ("WAVERIFY_LOG", "log filter in tracing-subscriber syntax (default info)"),
+];
+
+/// Flags override the variables of the same meaning.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Flags {
+    pub bind: Option<String>,
+    pub data_dir: Option<String>,
+    pub help: bool,
+}
+
+impl Flags {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut flags = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            };
+            let mut value = |name: &str| {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match name.as_str() {
+                "--bind" => flags.bind = Some(value("--bind")?),
+                "--data-dir" => flags.data_dir = Some(value("--data-dir")?),
+                "-h" | "--help" => flags.help = true,
+                other => return Err(format!("unknown argument {other:?}; try --help")),
+            }
+        }
+        Ok(flags)
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env(flags: &Flags) -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars, flags)
+    }
+
+    /// Reads settings from `vars`; an empty value counts as unset.
+    pub fn from_vars(vars: &HashMap<String, String>, flags: &Flags) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let mode = if get("WAVERIFY_ACCESS_TOKEN").is_some() { Mode::Live } else { Mode::Sandbox };
+        let mut defaults = Vec::new();
+        let mut secret = |name: &'static str, dev: &str, min_len: usize| match get(name) {
+            Some(v) if v.len() < min_len => {
+                Err(invalid(name, format!("must be at least {min_len} characters long")))
+            }
+            Some(v) => Ok(Secret::new(v)),
+            None if mode == Mode::Sandbox => {
+                defaults.push(name);
+                Ok(Secret::new(dev))
+            }
+            None => Err(invalid(name, "must be set when WAVERIFY_ACCESS_TOKEN is set")),
+        };
+        use sandbox_defaults as dev;
+        let api_key = secret("WAVERIFY_API_KEY", dev::API_KEY, 24)?;
+        let code_key = secret("WAVERIFY_CODE_KEY", dev::CODE_KEY, 32)?;
+        let verify_token = secret("WAVERIFY_VERIFY_TOKEN", dev::VERIFY_TOKEN, 8)?;
+        let app_secret = secret("WAVERIFY_APP_SECRET", dev::APP_SECRET, 8)?;
+        let access_token = secret("WAVERIFY_ACCESS_TOKEN", dev::ACCESS_TOKEN, 1)?;
+        let phone_number_id = plain(mode, get("WAVERIFY_PHONE_NUMBER_ID"), dev::PHONE_NUMBER_ID)
+            .ok_or_else(|| invalid("WAVERIFY_PHONE_NUMBER_ID", "must be set in live mode"))?;
+        let template = plain(mode, get("WAVERIFY_TEMPLATE"), dev::TEMPLATE)
+            .ok_or_else(|| invalid("WAVERIFY_TEMPLATE", "must be set in live mode"))?;
+
+        let previous = |name: &'static str, min_len: usize| match get(name) {
+            Some(v) if v.len() < min_len => {
+                Err(invalid(name, format!("must be at least {min_len} characters long")))
+            }
+            other => Ok(other.map(Secret::new)),
+        };
+
+        let bind_raw = flags.bind.as_deref().or(get("WAVERIFY_BIND")).unwrap_or("127.0.0.1:8080");
+        let bind = bind_raw.parse().map_err(|_| {
+            invalid("WAVERIFY_BIND", format!("{bind_raw:?} is not an address like 127.0.0.1:8080"))
+        })?;
+        let data_dir = flags.data_dir.as_deref().or(get("WAVERIFY_DATA_DIR")).unwrap_or("./data");
+
+        let graph = GraphSettings {
+            base_url: graph_url(get("WAVERIFY_GRAPH_URL").unwrap_or(DEFAULT_GRAPH_URL))?,
+            version: checked(
+                "WAVERIFY_GRAPH_VERSION",
+                get("WAVERIFY_GRAPH_VERSION").unwrap_or(DEFAULT_GRAPH_VERSION),
+                is_graph_version,
+                "must look like v23.0",
+            )?,
+            phone_number_id: checked(
+                "WAVERIFY_PHONE_NUMBER_ID",
+                &phone_number_id,
+                |v| v.bytes().all(|b| b.is_ascii_digit()) && v.len() <= 32,
+                "must be the numeric id Meta shows for the business phone number",
+            )?,
+            access_token,
+            template: checked(
+                "WAVERIFY_TEMPLATE",
+                &template,
+                |v| {
+                    v.len() <= 512
+                        && v.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                },
+                "must be a template name: lowercase letters, digits and underscores",
+            )?,
+            template_lang: checked(
+                "WAVERIFY_TEMPLATE_LANG",
+                get("WAVERIFY_TEMPLATE_LANG").unwrap_or("en_US"),
+                |v| {
+                    (2..=16).contains(&v.len())
+                        && v.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+                },
+                "must be a language code such as en_US or pt_BR",
+            )?,
+            timeout: seconds(get, "WAVERIFY_GRAPH_TIMEOUT", 10, 1..=60)?,
+        };
+
+        Ok(Self {
+            mode,
+            bind,
+            data_dir: PathBuf::from(data_dir),
+            api_key,
+            code_key,
+            code_key_previous: previous("WAVERIFY_CODE_KEY_PREVIOUS", 32)?,
+            code_ttl: seconds(get, "WAVERIFY_CODE_TTL", 600, 30..=3600)?,
+            max_attempts: number(get, "WAVERIFY_MAX_ATTEMPTS", 5, 1..=20)? as u32,
+            graph,
+            verify_token,
+            app_secret,
+            app_secret_previous: previous("WAVERIFY_APP_SECRET_PREVIOUS", 8)?,
+            log_filter: get("WAVERIFY_LOG").unwrap_or("info").to_owned(),
+            development_defaults: defaults,
+        })
+    }
+}
+
+fn plain(mode: Mode, value: Option<&str>, dev: &str) -> Option<String> {
+    match (value, mode) {
+        (Some(v), _) => Some(v.to_owned()),
+        (None, Mode::Sandbox) => Some(dev.to_owned()),
+        (None, Mode::Live) => None,
+    }
+}
+
+fn checked(
+    variable: &'static str,
+    value: &str,
+    ok: impl Fn(&str) -> bool,
+    reason: &str,
+) -> Result<String, ConfigError> {
+    if ok(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(variable, format!("{reason}, got {value:?}")))
+    }
+}
+
+fn is_graph_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else { return false };
+    let mut parts = rest.split('.');
+    let (Some(major), Some(minor), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    [major, minor]
+        .iter()
+        .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn graph_url(raw: &str) -> Result<String, ConfigError> {
+    let url = raw.trim_end_matches('/');
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ']) => Ok(url.to_owned()),
+        _ => Err(invalid(
+            "WAVERIFY_GRAPH_URL",
+            format!(
+                "must be an http:// or https:// base URL such as {DEFAULT_GRAPH_URL}, got {raw:?}"
+            ),
+        )),
+    }
+}
+
+fn number<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    variable: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = get(variable) else { return Ok(default) };
+    match raw.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(
+            variable,
+            format!(
+                "must be a whole number from {} to {}, got {raw:?}",
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+fn seconds<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    variable: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    number(get, variable, default, range).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn live() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("WAVERIFY_ACCESS_TOKEN", "EAAG-token"),
+            ("WAVERIFY_API_KEY", "an-api-key-of-24-characters"),
+            ("WAVERIFY_CODE_KEY", "a-code-key-that-is-at-least-32-characters"),
+            ("WAVERIFY_VERIFY_TOKEN", "verify-me-please"),
+            ("WAVERIFY_APP_SECRET", "0123456789abcdef"),
+            ("WAVERIFY_PHONE_NUMBER_ID", "106540352242922"),
+            ("WAVERIFY_TEMPLATE", "login_code"),
+        ]
+    }
+
+    #[test]
+    fn empty_environment_is_sandbox_with_named_defaults() {
+        let s = Settings::from_vars(&vars(&[]), &Flags::default()).unwrap();
+        assert_eq!(s.mode, Mode::Sandbox);
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.code_ttl, Duration::from_secs(600));
+        assert_eq!(s.max_attempts, 5);
+        assert!(s.development_defaults.contains(&"WAVERIFY_API_KEY"));
+    }
+
+    #[test]
+    fn live_mode_needs_every_secret() {
+        let all = live();
+        assert_eq!(Settings::from_vars(&vars(&all), &Flags::default()).unwrap().mode, Mode::Live);
+        for skip in 1..all.len() {
+            let mut some = all.clone();
+            let (name, _) = some.remove(skip);
+            let err = Settings::from_vars(&vars(&some), &Flags::default()).unwrap_err();
+            assert_eq!(err.variable, name);
+        }
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let cases = [
+            ("WAVERIFY_BIND", "localhost"),
+            ("WAVERIFY_CODE_TTL", "ten"),
+            ("WAVERIFY_CODE_TTL", "5"),
+            ("WAVERIFY_MAX_ATTEMPTS", "0"),
+            ("WAVERIFY_GRAPH_URL", "graph.facebook.com"),
+            ("WAVERIFY_GRAPH_VERSION", "23"),
+            ("WAVERIFY_GRAPH_TIMEOUT", "-1"),
+            ("WAVERIFY_API_KEY", "short"),
+            ("WAVERIFY_TEMPLATE_LANG", "en-US!"),
+        ];
+        for (name, value) in cases {
+            let err = Settings::from_vars(&vars(&[(name, value)]), &Flags::default()).unwrap_err();
+            assert_eq!(err.variable, name, "{name}={value}");
+            assert!(err.to_string().starts_with(name));
+        }
+    }
+
+    #[test]
+    fn flags_override_variables() {
+        let flags =
+            Flags::parse(["--bind=127.0.0.1:0".into(), "--data-dir".into(), "/tmp/x".into()])
+                .unwrap();
+        let s = Settings::from_vars(&vars(&[("WAVERIFY_BIND", "127.0.0.1:9")]), &flags).unwrap();
+        assert_eq!(s.bind.port(), 0);
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert!(Flags::parse(["--nope".into()]).is_err());
+        assert!(Flags::parse(["--bind".into()]).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::from_vars(&vars(&live()), &Flags::default()).unwrap();
+        let shown = format!("{s:?}");
+        for (_, value) in live().iter().filter(|(n, _)| n.contains("KEY") || n.contains("SECRET")) {
+            assert!(!shown.contains(value), "{value} leaked");
+        }
+        assert!(!shown.contains("EAAG-token"));
+    }
+}

@@ -1,0 +1,58 @@
+//! Group commit: many requests, one flush.
+//!
+//! Each request that must be durable before it answers sends a waiter to a
+//! dedicated thread. The thread takes every waiter queued so far, runs one
+//! blocking `flush`, and wakes them all. A waiter is only taken after its
+//! writes were made, and the flush starts after it is taken, so the flush
+//! covers them. Under load one fsync serves dozens of requests.
+//!
+//! sled's own `flush_async` is not used: in 0.34 it can hang under
+//! concurrent callers.
+
+use std::sync::mpsc;
+use std::thread;
+
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Clone)]
+pub(super) struct GroupCommit {
+    waiters: mpsc::Sender<Waiter>,
+}
+
+impl GroupCommit {
+    pub(super) fn start(db: sled::Db) -> Self {
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        thread::Builder::new()
+            .name("waverify-flush".into())
+            .spawn(move || flush_loop(&db, &rx))
+            .expect("the operating system refused to start the flush thread");
+        Self { waiters: tx }
+    }
+
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.send(tx).map_err(|_| StoreError::CommitterGone)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Flush(reason)),
+            Err(_) => Err(StoreError::CommitterGone),
+        }
+    }
+}
+
+fn flush_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>) {
+    // Ends when every `GroupCommit` handle is dropped.
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let result = db.flush().map(drop).map_err(|e| e.to_string());
+        for waiter in batch {
+            // A waiter whose request went away no longer needs an answer.
+            let _ = waiter.send(result.clone());
+        }
+    }
+}

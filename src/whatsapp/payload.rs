@@ -1,0 +1,242 @@
+//! Webhook bodies, read with tolerance.
+//!
+//! Meta adds fields and values without notice and mixes statuses, inbound
+//! messages and other fields in one body. Each level is therefore read on
+//! its own: a part of the body that does not have the expected shape is
+//! skipped, and never takes the rest of the body down with it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::domain::{DeliveryError, DeliveryStatus};
+
+/// One status of one message, as Meta reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    pub message_id: String,
+    /// `None` for a status value that is not a step of delivery.
+    pub status: Option<DeliveryStatus>,
+    pub timestamp: Option<i64>,
+    /// What waverify put in `biz_opaque_callback_data` when sending.
+    pub callback: Option<String>,
+    pub error: Option<DeliveryError>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub statuses: Vec<StatusReport>,
+    /// Changes that were not `messages`, or could not be read.
+    pub skipped_changes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the body is not JSON: {0}")]
+pub struct NotJson(#[from] serde_json::Error);
+
+/// Reads every status of every change of every entry.
+pub fn parse(body: &[u8]) -> Result<Parsed, NotJson> {
+    let body: Lenient<Body> = serde_json::from_slice(body)?;
+    let mut parsed = Parsed::default();
+    let entries = body.0.map(|b| b.entry.0).unwrap_or_default();
+    for change in entries.into_iter().flat_map(|e| e.changes.0) {
+        let value = match (change.field.0.as_deref(), change.value.0) {
+            (Some("messages"), Some(value)) => value,
+            _ => {
+                parsed.skipped_changes += 1;
+                continue;
+            }
+        };
+        parsed.statuses.extend(value.statuses.0.into_iter().map(WireStatus::into_report));
+    }
+    Ok(parsed)
+}
+
+/// A value that is `Some` when it had the expected shape and `None`
+/// otherwise; absent fields are `None` too.
+struct Lenient<T>(Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(Self(serde_json::from_str(raw.get()).ok()))
+    }
+}
+
+/// A list whose items are kept when they have the expected shape and
+/// dropped otherwise; a value that is not a list is an empty list.
+struct Many<T>(Vec<T>);
+
+impl<T> Default for Many<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Many<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        let items: Vec<Box<RawValue>> = serde_json::from_str(raw.get()).unwrap_or_default();
+        let kept = items.iter().filter_map(|item| serde_json::from_str(item.get()).ok());
+        Ok(Self(kept.collect()))
+    }
+}
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    entry: Many<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    changes: Many<Change>,
+}
+
+#[derive(Deserialize)]
+struct Change {
+    #[serde(default)]
+    field: Lenient<String>,
+    #[serde(default)]
+    value: Lenient<Value>,
+}
+
+#[derive(Deserialize)]
+struct Value {
+    #[serde(default)]
+    statuses: Many<WireStatus>,
+}
+
+#[derive(Deserialize)]
+struct WireStatus {
+    id: String,
+    status: String,
+    #[serde(default)]
+    timestamp: Lenient<Timestamp>,
+    #[serde(default)]
+    biz_opaque_callback_data: Lenient<String>,
+    #[serde(default)]
+    errors: Many<WireError>,
+}
+
+/// Meta sends unix seconds as a string; a number is accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Timestamp {
+    Text(String),
+    Number(i64),
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(default)]
+    code: Lenient<i64>,
+    #[serde(default)]
+    title: Lenient<String>,
+    #[serde(default)]
+    message: Lenient<String>,
+    #[serde(default)]
+    error_data: Lenient<ErrorData>,
+}
+
+#[derive(Deserialize)]
+struct ErrorData {
+    #[serde(default)]
+    details: Lenient<String>,
+}
+
+impl WireStatus {
+    fn into_report(self) -> StatusReport {
+        let timestamp = self.timestamp.0.and_then(|t| match t {
+            Timestamp::Text(s) => s.trim().parse().ok(),
+            Timestamp::Number(n) => Some(n),
+        });
+        StatusReport {
+            status: DeliveryStatus::from_webhook(&self.status),
+            message_id: self.id,
+            timestamp,
+            callback: self.biz_opaque_callback_data.0,
+            error: self.errors.0.into_iter().next().map(WireError::into_domain),
+        }
+    }
+}
+
+impl WireError {
+    fn into_domain(self) -> DeliveryError {
+        DeliveryError {
+            code: self.code.0,
+            title: self.title.0.or(self.message.0).unwrap_or_else(|| "unknown error".into()),
+            details: self.error_data.0.and_then(|d| d.details.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_statuses_across_entries_and_changes() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[
+            {"id":"1","changes":[
+                {"field":"messages","value":{"statuses":[
+                    {"id":"wamid.A","status":"sent","timestamp":"100","biz_opaque_callback_data":"cb"},
+                    {"id":"wamid.A","status":"played","timestamp":"101"}]}},
+                {"field":"account_update","value":{"event":"X"}}]},
+            {"id":"2","changes":[
+                {"field":"messages","value":{"statuses":[
+                    {"id":"wamid.B","status":"failed","timestamp":102,"errors":[
+                        {"code":131026,"title":"Message undeliverable","error_data":{"details":"caf\u00e9 \/ x"}}]}]}}]}]}"#;
+        let parsed = parse(body).unwrap();
+        assert_eq!(parsed.skipped_changes, 1);
+        assert_eq!(parsed.statuses.len(), 3);
+        assert_eq!(parsed.statuses[0].status, Some(DeliveryStatus::Sent));
+        assert_eq!(parsed.statuses[0].callback.as_deref(), Some("cb"));
+        assert_eq!(parsed.statuses[1].status, None);
+        let error = parsed.statuses[2].error.clone().unwrap();
+        assert_eq!(error.code, Some(131026));
+        assert_eq!(error.details.as_deref(), Some("café / x"));
+        assert_eq!(parsed.statuses[2].timestamp, Some(102));
+    }
+
+    #[test]
+    fn wrong_shapes_are_skipped_not_fatal() {
+        let bodies: [&[u8]; 8] = [
+            b"[]",
+            b"null",
+            b"{}",
+            br#"{"entry":"x"}"#,
+            br#"{"entry":[1,{"changes":{"a":1}},{"changes":[{"field":"messages","value":[]}]}]}"#,
+            br#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[{"id":5},{"status":"sent"}]}}]}]}"#,
+            br#"{"entry":[{"changes":[{"field":7,"value":{"statuses":[]}}]}]}"#,
+            br#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[{"id":"w","status":"read","timestamp":"1e999"}]}}]}]}"#,
+        ];
+        for body in bodies {
+            let parsed =
+                parse(body).unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(body)));
+            assert!(parsed.statuses.iter().all(|s| s.message_id == "w"));
+        }
+    }
+
+    #[test]
+    fn a_bad_error_title_keeps_the_status() {
+        let body = br#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[
+            {"id":"w","status":"failed","timestamp":"1","errors":[{"code":1,"title":"\ud800"}]}]}}]}]}"#;
+        let parsed = parse(body).unwrap();
+        assert_eq!(parsed.statuses[0].error.as_ref().unwrap().title, "unknown error");
+    }
+
+    #[test]
+    fn not_json_is_an_error() {
+        for body in [&b""[..], b"{", b"\xff\xfe", b"{\"entry\":[}"] {
+            assert!(parse(body).is_err());
+        }
+    }
+}
