@@ -1,0 +1,265 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use serde_json::{json, Value};
+use waverify::clock::{Clock, ManualClock};
+use waverify::sandbox::Timing;
+use waverify::settings::{Flags, Settings};
+use waverify::startup::{Application, Options};
+use waverify::whatsapp::signature::sign;
+
+use crate::graph_stub::GraphStub;
+
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+pub const APP_SECRET: &str = "test-app-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+/// 2026-01-01T00:00:00Z
+pub const START: i64 = 1_767_225_600;
+
+pub struct TestApp {
+    pub base: String,
+    pub clock: Arc<ManualClock>,
+    pub graph: Option<GraphStub>,
+    pub http: awc::Client,
+    pub data_dir: Arc<tempfile::TempDir>,
+    handle: ServerHandle,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: actix_web::http::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} (status {})", self.text, self.status))
+    }
+
+    /// Asserts the one problem shape and returns its type's short name.
+    pub fn problem(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let ct = self.headers.get("content-type").unwrap().to_str().unwrap();
+        assert_eq!(ct, "application/problem+json", "body: {}", self.text);
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert!(p["title"].is_string() && p["detail"].is_string(), "{p}");
+        let kind = p["type"].as_str().unwrap();
+        kind.strip_prefix("urn:waverify:problem:").expect("problem type prefix").to_owned()
+    }
+}
+
+pub fn base_vars(data_dir: &std::path::Path) -> HashMap<String, String> {
+    [
+        ("WAVERIFY_BIND", "127.0.0.1:0".to_owned()),
+        ("WAVERIFY_DATA_DIR", data_dir.display().to_string()),
+        ("WAVERIFY_API_KEY", API_KEY.to_owned()),
+        ("WAVERIFY_CODE_KEY", "test-code-key-0123456789abcdef-0123456789".to_owned()),
+        ("WAVERIFY_APP_SECRET", APP_SECRET.to_owned()),
+        ("WAVERIFY_VERIFY_TOKEN", VERIFY_TOKEN.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Live mode against a scriptable Graph API stand-in.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+fn live_vars(dir: &std::path::Path, graph: &GraphStub, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut vars = base_vars(dir);
+    vars.insert("WAVERIFY_ACCESS_TOKEN".into(), "test-access-token".into());
+    vars.insert("WAVERIFY_GRAPH_URL".into(), graph.url.clone());
+    vars.insert("WAVERIFY_PHONE_NUMBER_ID".into(), "106540352242922".into());
+    vars.insert("WAVERIFY_TEMPLATE".into(), "login_code".into());
+    vars.insert("WAVERIFY_GRAPH_TIMEOUT".into(), "2".into());
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    vars
+}
+
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let graph = GraphStub::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let vars = live_vars(dir.path(), &graph, extra);
+    start(vars, dir, Some(graph), Timing::default(), START)
+}
+
+/// A second app on the same data directory and Graph API stand-in as
+/// `app`, which must be stopped first; its clock goes on from `app`'s.
+pub async fn restart(app: &TestApp) -> TestApp {
+    let graph = app.graph().clone();
+    let vars = live_vars(app.data_dir.path(), &graph, &[]);
+    start(vars, app.data_dir.clone(), Some(graph), Timing::default(), app.clock.now())
+}
+
+/// Sandbox mode with the stand-in reporting statuses quickly. The secrets
+/// in `unset` fall back to their sandbox development values.
+pub async fn spawn_sandbox_with(unset: &[&str]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut vars = base_vars(dir.path());
+    for name in unset {
+        vars.remove(*name);
+    }
+    let timing = Timing {
+        sent: Duration::from_millis(10),
+        delivered: Duration::from_millis(30),
+        read: Duration::from_millis(60),
+        slow_delivered: Duration::from_millis(1500),
+    };
+    start(vars, dir, None, timing, START)
+}
+
+pub async fn spawn_sandbox() -> TestApp {
+    spawn_sandbox_with(&[]).await
+}
+
+fn start(
+    vars: HashMap<String, String>,
+    dir: Arc<tempfile::TempDir>,
+    graph: Option<GraphStub>,
+    timing: Timing,
+    now: i64,
+) -> TestApp {
+    let settings = Settings::from_vars(&vars, &Flags::default()).expect("test settings");
+    let clock = ManualClock::starting_at(now);
+    let options = Options { clock: clock.clone(), sandbox_timing: timing };
+    // After a stop, the previous app's worker threads may hold the store's
+    // lock for a moment longer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let app = loop {
+        match Application::build_with(settings.clone(), options.clone()) {
+            Ok(app) => break app,
+            Err(e) if std::time::Instant::now() > deadline => panic!("app does not start: {e:#}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let base = format!("http://{}", app.address());
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    TestApp { base, clock, graph, http, data_dir: dir, handle }
+}
+
+impl TestApp {
+    pub fn graph(&self) -> &GraphStub {
+        self.graph.as_ref().expect("a live-mode app")
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut res = match body {
+            Some(b) => req.send_body(b).await,
+            None => req.send().await,
+        }
+        .expect("request sent");
+        let bytes = res.body().limit(16 << 20).await.expect("body read");
+        Reply {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    fn auth() -> String {
+        format!("Bearer {API_KEY}")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        let auth = Self::auth();
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        self.request("POST", path, &headers, Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        let auth = Self::auth();
+        self.request("GET", path, &[("authorization", auth.as_str())], None).await
+    }
+
+    /// Creates a verification; asserts the 201 and returns the resource.
+    pub async fn send_code(&self, to: &str) -> Value {
+        let reply = self.post_json("/v1/verifications", &json!({"to": to})).await;
+        assert_eq!(reply.status, 201, "send-code: {}", reply.text);
+        reply.json()
+    }
+
+    /// Creates a verification whose message gets `message_id`.
+    pub async fn send_code_as(&self, to: &str, message_id: &str) -> Value {
+        self.graph().queue(crate::graph_stub::Answer::accepted(message_id));
+        self.send_code(to).await
+    }
+
+    pub async fn poll(&self, id: &str) -> Value {
+        let reply = self.get(&format!("/v1/verifications/{id}")).await;
+        assert_eq!(reply.status, 200, "poll: {}", reply.text);
+        reply.json()
+    }
+
+    pub async fn check(&self, id: &str, code: &str) -> Reply {
+        self.post_json(&format!("/v1/verifications/{id}/check"), &json!({"code": code})).await
+    }
+
+    /// The code the stand-in was asked to send in its most recent request.
+    pub fn last_code_sent(&self) -> String {
+        let received = self.graph().received();
+        let body = &received.last().expect("a send").body;
+        body["template"]["components"][0]["parameters"][0]["text"].as_str().unwrap().to_owned()
+    }
+
+    /// POSTs `body` to the webhook, signed with the test app secret.
+    pub async fn webhook(&self, body: &[u8]) -> Reply {
+        let signature = sign(APP_SECRET.as_bytes(), body);
+        let headers =
+            [("content-type", "application/json"), ("x-hub-signature-256", signature.as_str())];
+        self.request("POST", "/webhook", &headers, Some(body.to_vec())).await
+    }
+}
+
+/// A webhook body with one status per `(message id, status, timestamp)`.
+pub fn status_body(statuses: &[(&str, &str, i64)]) -> Vec<u8> {
+    let statuses: Vec<Value> = statuses
+        .iter()
+        .map(|(id, status, ts)| {
+            json!({"id": id, "status": status, "timestamp": ts.to_string(), "recipient_id": "15550001234"})
+        })
+        .collect();
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": statuses}}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// Polls until `done` holds, for at most `limit` of real time.
+pub async fn eventually<F: Fn(&Value) -> bool>(app: &TestApp, id: &str, limit: Duration, done: F) -> Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let v = app.poll(id).await;
+        if done(&v) || std::time::Instant::now() > deadline {
+            return v;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+

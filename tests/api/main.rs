@@ -1,0 +1,12 @@
+//! Integration tests: one binary, the real application on port 0 with a
+//! temporary store, talking HTTP to a stand-in of the Graph API.
+
+mod corpus;
+mod fixtures;
+mod graph_stub;
+mod helpers;
+mod sandbox;
+mod send_code;
+mod check_code;
+mod webhook;
+mod api_errors;
