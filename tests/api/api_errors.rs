@@ -9,7 +9,12 @@ async fn unknown_routes_and_methods_get_problems() {
         ("GET", "/v1/nothing", 404, "not-found"),
         ("GET", "/v1/verifications", 405, "method-not-allowed"),
         ("DELETE", "/v1/verifications/0123456789abcdef0123456789abcdef", 405, "method-not-allowed"),
-        ("GET", "/v1/verifications/0123456789abcdef0123456789abcdef/check", 405, "method-not-allowed"),
+        (
+            "GET",
+            "/v1/verifications/0123456789abcdef0123456789abcdef/check",
+            405,
+            "method-not-allowed",
+        ),
         ("PUT", "/webhook", 405, "method-not-allowed"),
         ("POST", "/healthz", 405, "method-not-allowed"),
     ];
@@ -34,7 +39,10 @@ async fn state_survives_a_restart_on_the_same_directory() {
     let v = app.send_code_as("+15550001234", "wamid.KEEP").await;
     let id = v["id"].as_str().unwrap().to_owned();
     let code = app.last_code_sent();
-    assert_eq!(app.webhook(&status_body(&[("wamid.KEEP", "delivered", START + 1)])).await.status, 200);
+    assert_eq!(
+        app.webhook(&status_body(&[("wamid.KEEP", "delivered", START + 1)])).await.status,
+        200
+    );
     app.stop().await;
 
     let again = restart(&app).await;

@@ -35,7 +35,10 @@ async fn wrong_codes_count_down_then_kill_the_verification() {
         let reply = app.check(&id, &wrong(&code)).await;
         assert_eq!(reply.status, 200);
         let v = reply.json();
-        assert_eq!((v["status"].as_str().unwrap(), v["attempts_left"].as_u64().unwrap()), ("pending", left));
+        assert_eq!(
+            (v["status"].as_str().unwrap(), v["attempts_left"].as_u64().unwrap()),
+            ("pending", left)
+        );
     }
     let last = app.check(&id, &wrong(&code)).await.json();
     assert_eq!(last["status"], "max_attempts_reached");
@@ -90,7 +93,10 @@ async fn a_code_never_approves_another_verification() {
         return; // one chance in a million; nothing to compare
     }
     let reply = app.check(&second, &first_code).await.json();
-    assert_eq!((reply["status"].as_str(), reply["attempts_left"].as_u64()), (Some("pending"), Some(4)));
+    assert_eq!(
+        (reply["status"].as_str(), reply["attempts_left"].as_u64()),
+        (Some("pending"), Some(4))
+    );
     assert_eq!(app.check(&second, &second_code).await.json()["status"], "approved");
     assert_eq!(app.poll(&first).await["status"], "pending");
 }
@@ -103,7 +109,12 @@ async fn concurrent_checks_of_the_right_code_approve_once() {
     let replies = futures_util::future::join_all(checks).await;
     let approved = replies.iter().filter(|r| r.status == 200).count();
     let refused = replies.iter().filter(|r| r.status == 409).count();
-    assert_eq!((approved, refused), (1, 15), "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        (approved, refused),
+        (1, 15),
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
 }
 
 #[actix_web::test]

@@ -13,9 +13,9 @@ use crate::helpers::*;
 /// Where the corpus lies: beside the repository, or where
 /// `WAVERIFY_CORPUS_DIR` says.
 fn corpus_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("WAVERIFY_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/webhooks"));
+    let dir = std::env::var_os("WAVERIFY_CORPUS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/webhooks")
+    });
     dir.is_dir().then_some(dir)
 }
 
@@ -36,7 +36,9 @@ fn corpus_files() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+        })
         .collect();
     files.sort();
     assert!(files.len() >= 10, "only {} corpus files in {}", files.len(), dir.display());
@@ -143,10 +145,8 @@ async fn corpus_statuses_of_one_message_fold_the_same_in_any_order() {
         return;
     };
     assert!(bodies.len() >= 3, "{message_id}: {} bodies", bodies.len());
-    let all: Vec<_> = bodies
-        .iter()
-        .flat_map(|b| statuses(&serde_json::from_slice(b).unwrap()))
-        .collect();
+    let all: Vec<_> =
+        bodies.iter().flat_map(|b| statuses(&serde_json::from_slice(b).unwrap())).collect();
     let want = expected(&all)[&message_id].clone();
     let app = spawn_app().await;
     let orders: [Vec<usize>; 3] = [
@@ -155,7 +155,8 @@ async fn corpus_statuses_of_one_message_fold_the_same_in_any_order() {
         (0..bodies.len()).flat_map(|i| [i, i]).collect(),
     ];
     for order in orders {
-        let id = app.send_code_as("+15550001234", &message_id).await["id"].as_str().unwrap().to_owned();
+        let id =
+            app.send_code_as("+15550001234", &message_id).await["id"].as_str().unwrap().to_owned();
         for i in &order {
             assert_eq!(app.webhook(bodies[*i]).await.status, 200);
         }

@@ -84,7 +84,11 @@ impl GraphStub {
     }
 }
 
-async fn answer(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>) -> HttpResponse {
+async fn answer(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
     let answer = {
         let mut state = state.lock().unwrap();
         state.received.push(Received {

@@ -73,7 +73,11 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-fn live_vars(dir: &std::path::Path, graph: &GraphStub, extra: &[(&str, &str)]) -> HashMap<String, String> {
+fn live_vars(
+    dir: &std::path::Path,
+    graph: &GraphStub,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut vars = base_vars(dir);
     vars.insert("WAVERIFY_ACCESS_TOKEN".into(), "test-access-token".into());
     vars.insert("WAVERIFY_GRAPH_URL".into(), graph.url.clone());
@@ -252,7 +256,12 @@ pub fn status_body(statuses: &[(&str, &str, i64)]) -> Vec<u8> {
 }
 
 /// Polls until `done` holds, for at most `limit` of real time.
-pub async fn eventually<F: Fn(&Value) -> bool>(app: &TestApp, id: &str, limit: Duration, done: F) -> Value {
+pub async fn eventually<F: Fn(&Value) -> bool>(
+    app: &TestApp,
+    id: &str,
+    limit: Duration,
+    done: F,
+) -> Value {
     let deadline = std::time::Instant::now() + limit;
     loop {
         let v = app.poll(id).await;
@@ -262,4 +271,3 @@ pub async fn eventually<F: Fn(&Value) -> bool>(app: &TestApp, id: &str, limit: D
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
-

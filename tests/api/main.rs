@@ -1,12 +1,13 @@
 //! Integration tests: one binary, the real application on port 0 with a
 //! temporary store, talking HTTP to a stand-in of the Graph API.
 
+mod api_errors;
+mod check_code;
 mod corpus;
 mod fixtures;
 mod graph_stub;
 mod helpers;
+mod logs;
 mod sandbox;
 mod send_code;
-mod check_code;
 mod webhook;
-mod api_errors;

@@ -89,7 +89,11 @@ async fn every_test_number_gives_its_documented_outcome() {
         assert_eq!(v["delivery"]["error"]["code"].as_i64(), *code, "{number}: {v}");
         assert_eq!(v["status"], *status, "{number}: {v}");
         let listed = sandbox_code(&app, id).await;
-        assert_eq!(listed.is_some(), *number != "+15550100005", "{number}: refused sends are not listed");
+        assert_eq!(
+            listed.is_some(),
+            *number != "+15550100005",
+            "{number}: refused sends are not listed"
+        );
     }
     let slow = app.poll(&ids[5]).await;
     let times = &slow["delivery"]["timestamps"];
@@ -100,11 +104,14 @@ async fn every_test_number_gives_its_documented_outcome() {
 async fn the_slow_number_is_slow() {
     let app = spawn_sandbox().await;
     let id = app.send_code("+15550100006").await["id"].as_str().unwrap().to_owned();
-    let early = eventually(&app, &id, Duration::from_millis(700), |v| v["delivery"]["status"] == "sent").await;
+    let early =
+        eventually(&app, &id, Duration::from_millis(700), |v| v["delivery"]["status"] == "sent")
+            .await;
     assert_eq!(early["delivery"]["status"], "sent", "{early}");
     actix_web::rt::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(app.poll(&id).await["delivery"]["status"], "sent", "not yet delivered");
-    let late = eventually(&app, &id, Duration::from_secs(5), |v| v["delivery"]["status"] == "read").await;
+    let late =
+        eventually(&app, &id, Duration::from_secs(5), |v| v["delivery"]["status"] == "read").await;
     assert_eq!(late["delivery"]["status"], "read");
 }
 
@@ -120,7 +127,9 @@ async fn live_mode_has_no_sandbox() {
     let app = spawn_app().await;
     for path in ["/sandbox/messages", "/sandbox/graph/v23.0/1/messages"] {
         for method in ["GET", "POST"] {
-            let reply = app.request(method, path, &[("authorization", &format!("Bearer {API_KEY}"))], None).await;
+            let reply = app
+                .request(method, path, &[("authorization", &format!("Bearer {API_KEY}"))], None)
+                .await;
             assert_eq!(reply.problem(404), "not-found", "{method} {path}");
         }
     }
@@ -141,14 +150,24 @@ async fn the_stand_in_refuses_what_meta_refuses() {
         (Some(token.clone()), "nope".to_owned(), 400, 100),
         (Some(token.clone()), template("other_template", "1", "1"), 404, 132001),
         (Some(token.clone()), template("waverify_code", "1", "2"), 400, 132000),
-        (Some(token.clone()), template("waverify_code", "1", "1").replace(r#""to":"15550001234""#, r#""to":"x""#), 400, 100),
-        (Some(token.clone()), template("waverify_code", "1", "1").replace("button", "footer"), 400, 131008),
+        (
+            Some(token.clone()),
+            template("waverify_code", "1", "1").replace(r#""to":"15550001234""#, r#""to":"x""#),
+            400,
+            100,
+        ),
+        (
+            Some(token.clone()),
+            template("waverify_code", "1", "1").replace("button", "footer"),
+            400,
+            131008,
+        ),
     ];
     for (i, (auth, body, status, code)) in cases.into_iter().enumerate() {
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
         let reply = app.request("POST", url, &headers, Some(body.into_bytes())).await;
         assert_eq!(reply.status, status, "case {i}: {}", reply.text);
         assert_eq!(reply.json()["error"]["code"], code, "case {i}");
     }
 }
-

@@ -12,20 +12,30 @@ async fn handshake(app: &TestApp, query: &str) -> Reply {
 #[actix_web::test]
 async fn the_handshake_echoes_the_challenge_for_the_right_token_only() {
     let app = spawn_app().await;
-    let ok = handshake(&app, &format!("hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444")).await;
+    let ok = handshake(
+        &app,
+        &format!("hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"),
+    )
+    .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.text, "1158201444");
     assert!(ok.headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/plain"));
 
-    let odd = handshake(&app, &format!("hub.challenge=a%2Fb%20c%C3%A9&hub.verify_token={VERIFY_TOKEN}&hub.mode=subscribe")).await;
+    let odd = handshake(
+        &app,
+        &format!(
+            "hub.challenge=a%2Fb%20c%C3%A9&hub.verify_token={VERIFY_TOKEN}&hub.mode=subscribe"
+        ),
+    )
+    .await;
     assert_eq!((odd.status, odd.text.as_str()), (200, "a/b cé"));
 
     let refused = [
-        format!("hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1"),
+        "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1".to_owned(),
         format!("hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}x&hub.challenge=1"),
         format!("hub.mode=unsubscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"),
         format!("hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}"),
-        format!("hub.mode=subscribe&hub.challenge=1"),
+        "hub.mode=subscribe&hub.challenge=1".to_owned(),
         String::new(),
         "hub.mode=%ZZ".to_owned(),
     ];
@@ -57,7 +67,10 @@ async fn statuses_move_delivery_forward_in_any_order() {
 async fn duplicates_change_nothing() {
     let app = spawn_app().await;
     let id = app.send_code_as("+15550001234", "wamid.DUP").await["id"].as_str().unwrap().to_owned();
-    let body = status_body(&[("wamid.DUP", "delivered", START + 5), ("wamid.DUP", "delivered", START + 5)]);
+    let body = status_body(&[
+        ("wamid.DUP", "delivered", START + 5),
+        ("wamid.DUP", "delivered", START + 5),
+    ]);
     for _ in 0..3 {
         assert_eq!(app.webhook(&body).await.status, 200);
     }
@@ -80,18 +93,25 @@ fn failed_body(message_id: &str, ts: i64, code: i64) -> Vec<u8> {
 #[actix_web::test]
 async fn delivered_after_failed_wins_and_the_error_stays_visible() {
     let app = spawn_app().await;
-    let id = app.send_code_as("+15550001234", "wamid.MULTI").await["id"].as_str().unwrap().to_owned();
+    let id =
+        app.send_code_as("+15550001234", "wamid.MULTI").await["id"].as_str().unwrap().to_owned();
     assert_eq!(app.webhook(&failed_body("wamid.MULTI", START + 3, 131000)).await.status, 200);
     let v = app.poll(&id).await;
     assert_eq!(v["delivery"]["status"], "failed");
     assert_eq!(v["delivery"]["error"]["code"], 131000);
     assert_eq!(v["status"], "pending", "a failed status does not end the verification");
 
-    assert_eq!(app.webhook(&status_body(&[("wamid.MULTI", "delivered", START + 4)])).await.status, 200);
+    assert_eq!(
+        app.webhook(&status_body(&[("wamid.MULTI", "delivered", START + 4)])).await.status,
+        200
+    );
     let v = app.poll(&id).await;
     assert_eq!(v["delivery"]["status"], "delivered");
     assert_eq!(v["delivery"]["error"]["code"], 131000);
-    assert_eq!(v["delivery"]["error"]["details"], "Message failed to send because of an unknown error.");
+    assert_eq!(
+        v["delivery"]["error"]["details"],
+        "Message failed to send because of an unknown error."
+    );
     assert_eq!(app.webhook(&failed_body("wamid.MULTI", START + 9, 131026)).await.status, 200);
     assert_eq!(app.poll(&id).await["delivery"]["status"], "delivered");
 }
@@ -137,7 +157,8 @@ impl ReplaceBytes for Vec<u8> {
 #[actix_web::test]
 async fn what_is_not_ours_is_accepted_and_ignored() {
     let app = spawn_app().await;
-    let id = app.send_code_as("+15550001234", "wamid.MINE").await["id"].as_str().unwrap().to_owned();
+    let id =
+        app.send_code_as("+15550001234", "wamid.MINE").await["id"].as_str().unwrap().to_owned();
     let body = json!({"object": "whatsapp_business_account", "entry": [
         {"id": "1", "changes": [
             {"field": "account_update", "value": {"event": "ACCOUNT_VIOLATION"}},
