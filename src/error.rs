@@ -31,6 +31,8 @@ pub enum ApiError {
     NotPending(VerificationStatus),
     #[error("the body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request did not arrive within {0} s")]
+    RequestTimeout(u64),
     #[error("the body could not be read: {0}")]
     BodyUnreadable(String),
     #[error("the X-Hub-Signature-256 header is missing")]
@@ -76,6 +78,7 @@ impl ApiError {
             }
             Self::NotPending(_) => ("verification-not-pending", "Verification not pending"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
+            Self::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             Self::BodyUnreadable(_) => ("body-unreadable", "Body could not be read"),
             Self::SignatureMissing => ("signature-missing", "Signature missing"),
             Self::SignatureMalformed => ("signature-malformed", "Signature malformed"),
@@ -105,6 +108,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotPending(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

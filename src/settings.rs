@@ -65,6 +65,10 @@ pub struct Settings {
     pub verify_token: Secret,
     pub app_secret: Secret,
     pub app_secret_previous: Option<Secret>,
+    /// Seconds a verification is kept after it expires, then deleted.
+    pub retention: Duration,
+    /// Time a client has to send a request's headers, and then its body.
+    pub request_timeout: Duration,
     pub log_filter: String,
     /// Variables that were unset and got a development value (sandbox only).
     pub development_defaults: Vec<&'static str>,
@@ -117,6 +121,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_VERIFY_TOKEN", "token Meta echoes in the webhook verification handshake"),
     ("WAVERIFY_APP_SECRET", "Meta app secret; signs every webhook POST"),
     ("WAVERIFY_APP_SECRET_PREVIOUS", "previous app secret, still accepted while rotating"),
+    ("WAVERIFY_RETENTION", "seconds a verification is kept after it expires (default 86400)"),
+    (
+        "WAVERIFY_REQUEST_TIMEOUT",
+        "seconds a client has for its headers, then its body (default 10)",
+    ),
     ("WAVERIFY_LOG", "log filter in tracing-subscriber syntax (default info)"),
 ];
 
@@ -251,6 +260,8 @@ impl Settings {
             verify_token,
             app_secret,
             app_secret_previous: previous("WAVERIFY_APP_SECRET_PREVIOUS", 8)?,
+            retention: seconds(get, "WAVERIFY_RETENTION", 86_400, 60..=30 * 86_400)?,
+            request_timeout: seconds(get, "WAVERIFY_REQUEST_TIMEOUT", 10, 1..=120)?,
             log_filter: get("WAVERIFY_LOG").unwrap_or("info").to_owned(),
             development_defaults: defaults,
         })

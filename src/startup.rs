@@ -22,11 +22,17 @@ use crate::whatsapp::GraphClient;
 pub struct Options {
     pub clock: SharedClock,
     pub sandbox_timing: Timing,
+    /// How often expired verifications are looked for.
+    pub sweep_every: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock), sandbox_timing: Timing::default() }
+        Self {
+            clock: Arc::new(SystemClock),
+            sandbox_timing: Timing::default(),
+            sweep_every: Duration::from_secs(60),
+        }
     }
 }
 
@@ -71,7 +77,8 @@ impl Application {
         };
         announce(&settings, address);
 
-        let state = web::Data::new(AppState::new(&settings, store, options.clock));
+        let state = AppState::new(&settings, store, options.clock, options.sweep_every)?;
+        let state = web::Data::new(state);
         let graph = settings.graph.clone();
         let server = HttpServer::new(move || {
             let sandbox = sandbox.clone();
@@ -88,7 +95,7 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .shutdown_timeout(10)
-        .client_request_timeout(Duration::from_secs(10))
+        .client_request_timeout(settings.request_timeout)
         .listen(listener)?
         .run();
         Ok(Self { address, server })

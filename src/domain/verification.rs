@@ -125,7 +125,7 @@ pub struct DeliveryError {
 }
 
 /// A status Meta reported for a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {
     pub status: DeliveryStatus,
     pub timestamp: UnixTime,

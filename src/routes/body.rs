@@ -3,15 +3,15 @@
 use std::time::Duration;
 
 use actix_web::web::{Bytes, BytesMut, Payload};
-use actix_web::{http::header, HttpRequest};
+use actix_web::{http::header, web, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::routes::AppState;
 
-/// How long a client may take to send its body. A slow client then holds
-/// a connection for a bounded time, never forever.
-const BODY_DEADLINE: Duration = Duration::from_secs(15);
+/// Used when the application state is not at hand.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Reads the whole body, refusing it as soon as it is known to exceed
 /// `limit`: at once when `Content-Length` says so, otherwise as soon as the
@@ -40,9 +40,13 @@ pub async fn read_limited(
         }
         Ok(())
     };
-    match tokio::time::timeout(BODY_DEADLINE, read).await {
+    // A slow client holds its connection for a bounded time, never forever.
+    let deadline = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(DEFAULT_DEADLINE, |state| state.request_timeout);
+    match tokio::time::timeout(deadline, read).await {
         Ok(result) => result?,
-        Err(_) => return Err(ApiError::BodyUnreadable("the body did not arrive in time".into())),
+        Err(_) => return Err(ApiError::RequestTimeout(deadline.as_secs())),
     }
     Ok(buffer.freeze())
 }

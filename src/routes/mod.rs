@@ -6,6 +6,8 @@ mod health;
 mod verifications;
 mod webhook;
 
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use ring::rand::SystemRandom;
 
@@ -13,7 +15,7 @@ use crate::clock::SharedClock;
 use crate::domain::CodeHasher;
 use crate::error::ApiError;
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{Store, Sweeper};
 use crate::whatsapp::WebhookVerifier;
 
 pub use auth::{Authenticated, SecretDigest};
@@ -30,14 +32,27 @@ pub struct AppState {
     pub verify_token: SecretDigest,
     pub code_ttl_seconds: i64,
     pub max_attempts: u32,
+    pub retention_seconds: i64,
+    pub request_timeout: Duration,
     pub rng: SystemRandom,
+    /// Purges expired verifications for as long as the app lives.
+    _sweeper: Sweeper,
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, store: Store, clock: SharedClock) -> Self {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        clock: SharedClock,
+        sweep_every: Duration,
+    ) -> std::io::Result<Self> {
+        let retention_seconds = settings.retention.as_secs() as i64;
+        // Parked statuses wait for a send that is at most a Graph API
+        // timeout late; after a whole retention period nobody will claim them.
+        let sweeper = store.start_sweeper(clock.clone(), sweep_every, retention_seconds)?;
         let previous_code_key = settings.code_key_previous.as_ref();
         let previous_app_secret = settings.app_secret_previous.as_ref();
-        Self {
+        Ok(Self {
             store,
             clock,
             codes: CodeHasher::new(
@@ -52,8 +67,11 @@ impl AppState {
             verify_token: SecretDigest::of(settings.verify_token.expose()),
             code_ttl_seconds: settings.code_ttl.as_secs() as i64,
             max_attempts: settings.max_attempts,
+            retention_seconds,
+            request_timeout: settings.request_timeout,
             rng: SystemRandom::new(),
-        }
+            _sweeper: sweeper,
+        })
     }
 }
 

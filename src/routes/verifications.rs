@@ -83,7 +83,8 @@ pub async fn send_code(
     let to = PhoneNumber::parse(&request.to)?;
 
     let (verification, code) = new_verification(&state, to)?;
-    state.store.insert(&verification)?;
+    let purge_at = verification.expires_at + state.retention_seconds;
+    state.store.insert(&verification, purge_at)?;
 
     let sent = graph.send_code(&verification.to, &code, &verification.id).await;
     drop(code);

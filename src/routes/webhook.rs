@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::domain::{DeliveryStatus, StatusEvent, VerificationId};
 use crate::error::ApiError;
 use crate::routes::{read_limited, AppState};
-use crate::store::StatusOutcome;
+use crate::store::StatusUpdate;
 use crate::whatsapp::payload::{self, StatusReport};
 use crate::whatsapp::signature::{self, SignatureError};
 
@@ -42,14 +42,6 @@ pub async fn handshake(
     }
 }
 
-#[derive(Debug, Default)]
-struct Tally {
-    applied: usize,
-    unchanged: usize,
-    unknown: usize,
-    ignored: usize,
-}
-
 /// `POST /webhook`: checks the signature over the raw bytes, then applies
 /// every status in the body, and answers 200 only once the changes are on
 /// disk: Meta cannot be asked for a webhook again, so acknowledging one
@@ -69,44 +61,39 @@ pub async fn receive(
     let parsed = payload::parse(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 
     let now = state.clock.now();
-    let mut tally = Tally::default();
-    for report in &parsed.statuses {
-        apply(&state, report, now, &mut tally)?;
-    }
+    let updates = updates(&parsed.statuses, now);
+    let tally = state.store.record_statuses(&updates, now)?;
     state.store.commit().await?;
 
     tracing::info!(
         statuses = parsed.statuses.len(),
         applied = tally.applied,
         unchanged = tally.unchanged,
-        unknown = tally.unknown,
-        ignored = tally.ignored,
+        parked = tally.parked,
+        ignored = parsed.statuses.len() - updates.len(),
         skipped_changes = parsed.skipped_changes,
         "webhook stored"
     );
     Ok(HttpResponse::Ok().json(json!({"received": parsed.statuses.len()})))
 }
 
-fn apply(
-    state: &AppState,
-    report: &StatusReport,
-    now: i64,
-    tally: &mut Tally,
-) -> Result<(), ApiError> {
-    let Some(status) = report.status else {
-        tally.ignored += 1;
-        return Ok(());
-    };
-    let event = StatusEvent {
-        status,
-        timestamp: report.timestamp.unwrap_or(now),
-        error: if status == DeliveryStatus::Failed { report.error.clone() } else { None },
-    };
-    let callback = report.callback.as_deref().and_then(VerificationId::parse);
-    match state.store.record_status(&report.message_id, callback.as_ref(), &event)? {
-        StatusOutcome::Applied => tally.applied += 1,
-        StatusOutcome::Unchanged => tally.unchanged += 1,
-        StatusOutcome::Unknown => tally.unknown += 1,
-    }
-    Ok(())
+/// The statuses that are steps of delivery, as the store takes them.
+/// Other values (`played`, `deleted`, ...) are counted and dropped.
+fn updates(reports: &[StatusReport], now: i64) -> Vec<StatusUpdate> {
+    reports
+        .iter()
+        .filter_map(|report| {
+            let status = report.status?;
+            let failed = status == DeliveryStatus::Failed;
+            Some(StatusUpdate {
+                message_id: report.message_id.clone(),
+                callback: report.callback.as_deref().and_then(VerificationId::parse),
+                event: StatusEvent {
+                    status,
+                    timestamp: report.timestamp.unwrap_or(now),
+                    error: if failed { report.error.clone() } else { None },
+                },
+            })
+        })
+        .collect()
 }

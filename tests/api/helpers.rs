@@ -135,7 +135,11 @@ fn start(
 ) -> TestApp {
     let settings = Settings::from_vars(&vars, &Flags::default()).expect("test settings");
     let clock = ManualClock::starting_at(now);
-    let options = Options { clock: clock.clone(), sandbox_timing: timing };
+    let options = Options {
+        clock: clock.clone(),
+        sandbox_timing: timing,
+        sweep_every: Duration::from_millis(50),
+    };
     // After a stop, the previous app's worker threads may hold the store's
     // lock for a moment longer.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
