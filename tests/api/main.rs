@@ -8,6 +8,7 @@ mod fixtures;
 mod graph_stub;
 mod helpers;
 mod logs;
+mod retention;
 mod sandbox;
 mod send_code;
 mod webhook;
