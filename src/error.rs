@@ -43,6 +43,14 @@ pub enum ApiError {
     SignatureMismatch,
     #[error("the verification handshake was refused")]
     HandshakeRefused,
+    #[error("{}", .throttle.detail())]
+    TooManyRequests { throttle: Throttle, retry_after: i64 },
+    #[error("numbers of this country are not served")]
+    CountryNotAllowed,
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
     #[error("internal error")]
@@ -59,6 +67,49 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     verification_status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<i64>,
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Too many calls from this API key or this client address.
+    Client,
+    /// Too many sends to this number this hour or day.
+    NumberSends,
+    /// The last send of this code was too recent.
+    ResendCooldown,
+    /// Every allowed send of this code was made.
+    MaxSends,
+    /// Too many wrong codes for this number this hour.
+    FailedChecks,
+    /// The daily budget of sends is spent.
+    SendBudget,
+}
+
+impl Throttle {
+    fn kind(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Client => ("rate-limited", "Too many requests"),
+            Self::NumberSends => ("number-send-limit", "Too many codes sent to this number"),
+            Self::ResendCooldown => ("resend-cooldown", "Code sent too recently"),
+            Self::MaxSends => ("max-sends-reached", "Code sent too often"),
+            Self::FailedChecks => ("failed-check-limit", "Too many wrong codes for this number"),
+            Self::SendBudget => ("send-budget-exhausted", "Daily send budget spent"),
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Self::Client => "too many calls from this API key or address; retry later",
+            Self::NumberSends => "this number got as many codes as it may this hour or day",
+            Self::ResendCooldown => "the code was sent moments ago; it can be sent again later",
+            Self::MaxSends => "the code was sent as often as allowed; start over once it expires",
+            Self::FailedChecks => "too many wrong codes for this number; retry later",
+            Self::SendBudget => "the service's daily budget of codes is spent",
+        }
+    }
 }
 
 impl ApiError {
@@ -84,6 +135,10 @@ impl ApiError {
             Self::SignatureMalformed => ("signature-malformed", "Signature malformed"),
             Self::SignatureMismatch => ("signature-mismatch", "Signature mismatch"),
             Self::HandshakeRefused => ("handshake-refused", "Handshake refused"),
+            Self::TooManyRequests { throttle, .. } => throttle.kind(),
+            Self::CountryNotAllowed => ("country-not-allowed", "Country not allowed"),
+            Self::InvalidIdempotencyKey => ("invalid-idempotency-key", "Invalid idempotency key"),
+            Self::IdempotencyKeyReused => ("idempotency-key-reused", "Idempotency key reused"),
             Self::Store(_) => ("store-unavailable", "Store unavailable"),
             Self::Internal(_) => ("internal", "Internal error"),
         }
@@ -109,6 +164,10 @@ impl ResponseError for ApiError {
             Self::NotPending(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::CountryNotAllowed => StatusCode::FORBIDDEN,
+            Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -131,11 +190,21 @@ impl ResponseError for ApiError {
                 Self::NotPending(s) => Some(s.as_str()),
                 _ => None,
             },
+            retry_after: match self {
+                Self::TooManyRequests { retry_after, .. } => Some((*retry_after).max(1)),
+                _ => None,
+            },
         };
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
-        if let Self::Unauthorized = self {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"waverify\""));
+        match self {
+            Self::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"waverify\""));
+            }
+            Self::TooManyRequests { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, (*retry_after).max(1).to_string()));
+            }
+            _ => {}
         }
         // Serialising this struct cannot fail: it holds only strings and numbers.
         response.body(serde_json::to_string(&problem).unwrap_or_default())

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod domain;
 pub mod error;
+pub mod outbox;
 pub mod routes;
 pub mod sandbox;
 pub mod settings;

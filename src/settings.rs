@@ -65,6 +65,7 @@ pub struct Settings {
     pub verify_token: Secret,
     pub app_secret: Secret,
     pub app_secret_previous: Option<Secret>,
+    pub limits: LimitSettings,
     /// Seconds a verification is kept after it expires, then deleted.
     pub retention: Duration,
     /// Time a client has to send a request's headers, and then its body.
@@ -72,6 +73,26 @@ pub struct Settings {
     pub log_filter: String,
     /// Variables that were unset and got a development value (sandbox only).
     pub development_defaults: Vec<&'static str>,
+}
+
+/// Limits against toll fraud and guessing. Every one is configurable.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Seconds between two sends of one verification's code.
+    pub resend_cooldown: i64,
+    /// Sends of one verification's code, the first included.
+    pub max_sends: usize,
+    pub number_sends_per_hour: u64,
+    pub number_sends_per_day: u64,
+    pub number_failed_checks_per_hour: u64,
+    /// Per API key and per client address, for send-code and check-code.
+    pub client_requests_per_minute: u64,
+    /// ISO 3166 alpha-2 codes; empty means every country.
+    pub allowed_countries: Vec<String>,
+    pub daily_send_budget: u64,
+    /// Header whose last entry is the client's address, set by a proxy
+    /// waverify sits behind; `None` uses the peer address.
+    pub trusted_proxy_header: Option<String>,
 }
 
 /// A variable that is missing or malformed. The message names it.
@@ -121,6 +142,24 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_VERIFY_TOKEN", "token Meta echoes in the webhook verification handshake"),
     ("WAVERIFY_APP_SECRET", "Meta app secret; signs every webhook POST"),
     ("WAVERIFY_APP_SECRET_PREVIOUS", "previous app secret, still accepted while rotating"),
+    ("WAVERIFY_RESEND_COOLDOWN", "seconds between two sends of one code (default 60, at least 6)"),
+    ("WAVERIFY_MAX_SENDS", "sends of one verification's code (default 5)"),
+    ("WAVERIFY_NUMBER_SENDS_PER_HOUR", "sends to one number per hour (default 10)"),
+    ("WAVERIFY_NUMBER_SENDS_PER_DAY", "sends to one number per day (default 50)"),
+    ("WAVERIFY_NUMBER_FAILED_CHECKS_PER_HOUR", "wrong codes for one number per hour (default 100)"),
+    (
+        "WAVERIFY_CLIENT_REQUESTS_PER_MINUTE",
+        "send/check calls per API key and per address (default 600)",
+    ),
+    (
+        "WAVERIFY_ALLOWED_COUNTRIES",
+        "comma-separated ISO codes numbers may belong to (default: all)",
+    ),
+    ("WAVERIFY_DAILY_SEND_BUDGET", "sends per UTC day across all numbers (default 10000)"),
+    (
+        "WAVERIFY_TRUSTED_PROXY_HEADER",
+        "header a trusted proxy puts the client address in (e.g. X-Forwarded-For)",
+    ),
     ("WAVERIFY_RETENTION", "seconds a verification is kept after it expires (default 86400)"),
     (
         "WAVERIFY_REQUEST_TIMEOUT",
@@ -260,12 +299,77 @@ impl Settings {
             verify_token,
             app_secret,
             app_secret_previous: previous("WAVERIFY_APP_SECRET_PREVIOUS", 8)?,
+            limits: LimitSettings {
+                resend_cooldown: number(get, "WAVERIFY_RESEND_COOLDOWN", 60, 6..=3600)? as i64,
+                max_sends: number(get, "WAVERIFY_MAX_SENDS", 5, 1..=10)? as usize,
+                number_sends_per_hour: number(
+                    get,
+                    "WAVERIFY_NUMBER_SENDS_PER_HOUR",
+                    10,
+                    1..=10_000,
+                )?,
+                number_sends_per_day: number(
+                    get,
+                    "WAVERIFY_NUMBER_SENDS_PER_DAY",
+                    50,
+                    1..=100_000,
+                )?,
+                number_failed_checks_per_hour: number(
+                    get,
+                    "WAVERIFY_NUMBER_FAILED_CHECKS_PER_HOUR",
+                    100,
+                    1..=10_000,
+                )?,
+                client_requests_per_minute: number(
+                    get,
+                    "WAVERIFY_CLIENT_REQUESTS_PER_MINUTE",
+                    600,
+                    1..=10_000_000,
+                )?,
+                allowed_countries: countries(get("WAVERIFY_ALLOWED_COUNTRIES"))?,
+                daily_send_budget: number(
+                    get,
+                    "WAVERIFY_DAILY_SEND_BUDGET",
+                    10_000,
+                    1..=100_000_000,
+                )?,
+                trusted_proxy_header: get("WAVERIFY_TRUSTED_PROXY_HEADER")
+                    .map(|h| {
+                        actix_web::http::header::HeaderName::from_bytes(h.as_bytes())
+                            .map(|name| name.as_str().to_owned())
+                            .map_err(|_| {
+                                invalid(
+                                    "WAVERIFY_TRUSTED_PROXY_HEADER",
+                                    format!("{h:?} is not a header name"),
+                                )
+                            })
+                    })
+                    .transpose()?,
+            },
             retention: seconds(get, "WAVERIFY_RETENTION", 86_400, 60..=30 * 86_400)?,
             request_timeout: seconds(get, "WAVERIFY_REQUEST_TIMEOUT", 10, 1..=120)?,
             log_filter: get("WAVERIFY_LOG").unwrap_or("info").to_owned(),
             development_defaults: defaults,
         })
     }
+}
+
+fn countries(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let code = c.to_ascii_uppercase();
+            match code.parse::<phonenumber::country::Id>() {
+                Ok(_) => Ok(code),
+                Err(_) => Err(invalid(
+                    "WAVERIFY_ALLOWED_COUNTRIES",
+                    format!("{c:?} is not an ISO 3166 alpha-2 country code"),
+                )),
+            }
+        })
+        .collect()
 }
 
 fn plain(mode: Mode, value: Option<&str>, dev: &str) -> Option<String> {
@@ -397,6 +501,10 @@ mod tests {
             ("WAVERIFY_GRAPH_TIMEOUT", "-1"),
             ("WAVERIFY_API_KEY", "short"),
             ("WAVERIFY_TEMPLATE_LANG", "en-US!"),
+            ("WAVERIFY_RESEND_COOLDOWN", "5"),
+            ("WAVERIFY_ALLOWED_COUNTRIES", "US,XX"),
+            ("WAVERIFY_TRUSTED_PROXY_HEADER", "bad header"),
+            ("WAVERIFY_DAILY_SEND_BUDGET", "0"),
         ];
         for (name, value) in cases {
             let err = Settings::from_vars(&vars(&[(name, value)]), &Flags::default()).unwrap_err();

@@ -15,7 +15,6 @@ use crate::sandbox::{self, Sandbox, Timing};
 use crate::settings::{Mode, Settings};
 use crate::store::Store;
 use crate::telemetry;
-use crate::whatsapp::GraphClient;
 
 /// What tests may change besides the settings.
 #[derive(Clone)]
@@ -77,15 +76,20 @@ impl Application {
         };
         announce(&settings, address);
 
+        let queued = store.outbox()?;
         let state = AppState::new(&settings, store, options.clock, options.sweep_every)?;
+        if !queued.is_empty() {
+            tracing::info!(sends = queued.len(), "sending what was queued before the restart");
+        }
+        for (id, index) in queued {
+            state.outbox.enqueue(id, index);
+        }
         let state = web::Data::new(state);
-        let graph = settings.graph.clone();
         let server = HttpServer::new(move || {
             let sandbox = sandbox.clone();
             App::new()
                 .wrap(middleware::from_fn(telemetry::trace_request))
                 .app_data(state.clone())
-                .app_data(web::Data::new(GraphClient::new(&graph)))
                 .configure(routes::configure)
                 .configure(move |cfg| {
                     if let Some(sandbox) = sandbox {

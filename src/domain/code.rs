@@ -60,8 +60,9 @@ impl fmt::Debug for Code {
 
 /// Computes and checks the keyed hash under which a code is stored.
 ///
-/// The hash binds the code to one verification and one phone number, so a
-/// code issued for one can never approve another, and a copy of the store
+/// The hash binds the code to one verification and one phone number (by
+/// the number's keyed hash), so a code issued for one can never approve
+/// another, and a copy of the store
 /// without the key does not give the codes away (a bare SHA-256 of a
 /// 6-digit code is reversed by trying all million).
 ///
@@ -80,8 +81,8 @@ impl CodeHasher {
         }
     }
 
-    pub fn tag(&self, verification_id: &str, phone_e164: &str, code: &Code) -> Vec<u8> {
-        let message = bound_message(verification_id, phone_e164, code);
+    pub fn tag(&self, verification_id: &str, number_key: &str, code: &Code) -> Vec<u8> {
+        let message = bound_message(verification_id, number_key, code);
         hmac::sign(&self.current, &message).as_ref().to_vec()
     }
 
@@ -89,11 +90,11 @@ impl CodeHasher {
     pub fn matches(
         &self,
         verification_id: &str,
-        phone_e164: &str,
+        number_key: &str,
         code: &Code,
         tag: &[u8],
     ) -> bool {
-        let message = bound_message(verification_id, phone_e164, code);
+        let message = bound_message(verification_id, number_key, code);
         let current = hmac::verify(&self.current, &message, tag).is_ok();
         let previous =
             self.previous.as_ref().is_some_and(|key| hmac::verify(key, &message, tag).is_ok());
@@ -101,14 +102,14 @@ impl CodeHasher {
     }
 }
 
-fn bound_message(verification_id: &str, phone_e164: &str, code: &Code) -> Vec<u8> {
+fn bound_message(verification_id: &str, number_key: &str, code: &Code) -> Vec<u8> {
     // NUL cannot occur in any of the three parts, so the encoding is
     // unambiguous.
     let mut m = Vec::with_capacity(64);
     m.extend_from_slice(b"waverify-code-v1\0");
     m.extend_from_slice(verification_id.as_bytes());
     m.push(0);
-    m.extend_from_slice(phone_e164.as_bytes());
+    m.extend_from_slice(number_key.as_bytes());
     m.push(0);
     m.extend_from_slice(code.expose().as_bytes());
     m

@@ -1,12 +1,16 @@
 //! Pure rules: no I/O, no clock. Time always comes in as an argument.
 
 pub mod code;
+pub mod keys;
+pub mod limits;
 pub mod phone;
 pub mod verification;
 
 pub use code::{Code, CodeError, CodeHasher};
+pub use keys::{Keyring, SendSecret};
+pub use limits::Limit;
 pub use phone::{PhoneError, PhoneNumber};
 pub use verification::{
-    CheckOutcome, Delivery, DeliveryError, DeliveryStatus, StatusEvent, Verification,
-    VerificationId, VerificationStatus,
+    Attempt, Channel, CheckOutcome, Delivery, DeliveryError, DeliveryStatus, SendOutcome,
+    StatusEvent, Verification, VerificationId, VerificationStatus,
 };

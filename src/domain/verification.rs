@@ -8,7 +8,6 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
-use crate::domain::PhoneNumber;
 
 /// 128 random bits as 32 lowercase hex digits.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -55,6 +54,8 @@ pub enum VerificationStatus {
     MaxAttemptsReached,
     /// The code could not be handed to WhatsApp at all.
     Failed,
+    /// The login backend ended it.
+    Canceled,
 }
 
 impl VerificationStatus {
@@ -65,6 +66,7 @@ impl VerificationStatus {
             Self::Expired => "expired",
             Self::MaxAttemptsReached => "max_attempts_reached",
             Self::Failed => "failed",
+            Self::Canceled => "canceled",
         }
     }
 }
@@ -144,7 +146,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn queued() -> Self {
+    pub fn queued() -> Self {
         Self {
             status: DeliveryStatus::Queued,
             message_id: None,
@@ -197,38 +199,88 @@ pub enum CheckOutcome {
     Exhausted,
 }
 
+/// One send of the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub channel: Channel,
+    pub sent_at: UnixTime,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Whatsapp,
+}
+
+/// What the Graph API said to one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    Accepted {
+        message_id: String,
+    },
+    /// `definitive`: the message certainly was not taken. After a timeout
+    /// Meta may still have taken it and may still deliver.
+    Failed {
+        error: DeliveryError,
+        definitive: bool,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verification {
     pub id: VerificationId,
-    pub to: PhoneNumber,
+    /// The number as the API shows it; the number itself is only in
+    /// `secret`.
+    pub to_masked: String,
+    /// A keyed hash of the number: what limits count by.
+    pub number_key: String,
     #[serde(with = "hex_bytes")]
     pub code_tag: Vec<u8>,
+    /// The number and the code, sealed; needed only to send again, and
+    /// dropped as soon as the verification is over.
+    #[serde(default, with = "opt_hex_bytes")]
+    pub secret: Option<Vec<u8>>,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
     pub attempts_left: u32,
     /// As stored; `status_at` also accounts for expiry.
     pub status: VerificationStatus,
-    pub delivery: Delivery,
+    pub sends: Vec<Attempt>,
+    /// The `Idempotency-Key` the verification was created or resent
+    /// under, deleted with it.
+    #[serde(default)]
+    pub idempotency_keys: Vec<String>,
 }
 
 impl Verification {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: VerificationId,
-        to: PhoneNumber,
+        to_masked: String,
+        number_key: String,
         code_tag: Vec<u8>,
+        secret: Vec<u8>,
         now: UnixTime,
         ttl_seconds: i64,
         max_attempts: u32,
     ) -> Self {
         Self {
             id,
-            to,
+            to_masked,
+            number_key,
             code_tag,
+            secret: Some(secret),
             created_at: now,
             expires_at: now + ttl_seconds,
             attempts_left: max_attempts,
             status: VerificationStatus::Pending,
-            delivery: Delivery::queued(),
+            sends: vec![Attempt {
+                channel: Channel::Whatsapp,
+                sent_at: now,
+                delivery: Delivery::queued(),
+            }],
+            idempotency_keys: Vec::new(),
         }
     }
 
@@ -239,6 +291,23 @@ impl Verification {
             VerificationStatus::Pending if now >= self.expires_at => VerificationStatus::Expired,
             other => other,
         }
+    }
+
+    /// The delivery of the latest send.
+    pub fn delivery(&self) -> &Delivery {
+        // `new` creates the first send and nothing removes one.
+        &self.sends.last().expect("a verification has at least one send").delivery
+    }
+
+    pub fn last_sent_at(&self) -> UnixTime {
+        self.sends.last().map_or(self.created_at, |a| a.sent_at)
+    }
+
+    /// Ends the verification with `status`, dropping what only a pending
+    /// verification needs.
+    fn finish(&mut self, status: VerificationStatus) {
+        self.status = status;
+        self.secret = None;
     }
 
     /// Counts one check. `code_matches` must come from a constant-time
@@ -252,54 +321,100 @@ impl Verification {
         match self.status_at(now) {
             VerificationStatus::Pending => {}
             other => {
-                self.status = other;
+                self.finish(other);
                 return Err(other);
             }
         }
         if code_matches {
-            self.status = VerificationStatus::Approved;
+            self.finish(VerificationStatus::Approved);
             return Ok(CheckOutcome::Approved);
         }
         self.attempts_left = self.attempts_left.saturating_sub(1);
         if self.attempts_left == 0 {
-            self.status = VerificationStatus::MaxAttemptsReached;
+            self.finish(VerificationStatus::MaxAttemptsReached);
             Ok(CheckOutcome::Exhausted)
         } else {
             Ok(CheckOutcome::Wrong { attempts_left: self.attempts_left })
         }
     }
 
-    /// The Graph API accepted the message under `message_id`.
-    pub fn record_accepted(&mut self, message_id: &str) {
-        self.link_message(message_id);
-        self.delivery.status = self.delivery.status.max(DeliveryStatus::Accepted);
-    }
-
-    /// Ties a message id to this verification, if it has none yet. Returns
-    /// whether `message_id` is now this verification's message.
-    pub fn link_message(&mut self, message_id: &str) -> bool {
-        match &self.delivery.message_id {
-            Some(known) => known == message_id,
-            None => {
-                self.delivery.message_id = Some(message_id.to_owned());
-                true
+    /// Ends a pending verification at the login backend's request.
+    pub fn cancel(&mut self, now: UnixTime) -> Result<(), VerificationStatus> {
+        match self.status_at(now) {
+            VerificationStatus::Pending => {
+                self.finish(VerificationStatus::Canceled);
+                Ok(())
+            }
+            other => {
+                self.finish(other);
+                Err(other)
             }
         }
     }
 
-    /// The Graph API refused the message, or could not be reached. When
-    /// `definitive`, the code cannot arrive and the verification fails;
-    /// otherwise (a timeout, where Meta may still have taken the message)
-    /// it stays pending so that a code that did arrive can still be used.
-    pub fn record_send_failure(&mut self, error: DeliveryError, now: UnixTime, definitive: bool) {
-        self.delivery.apply(&StatusEvent {
-            status: DeliveryStatus::Failed,
-            timestamp: now,
-            error: Some(error),
-        });
-        if definitive && self.status == VerificationStatus::Pending {
-            self.status = VerificationStatus::Failed;
+    /// Drops the sealed number and code of a verification past its expiry.
+    pub fn wipe_if_over(&mut self, now: UnixTime) {
+        let status = self.status_at(now);
+        if status != VerificationStatus::Pending {
+            self.finish(status);
         }
+    }
+
+    /// Starts another send of the same code.
+    pub fn add_send(&mut self, now: UnixTime) -> usize {
+        self.sends.push(Attempt {
+            channel: Channel::Whatsapp,
+            sent_at: now,
+            delivery: Delivery::queued(),
+        });
+        self.sends.len() - 1
+    }
+
+    /// Records what the Graph API said to send number `index`.
+    pub fn record_send(&mut self, index: usize, outcome: &SendOutcome, now: UnixTime) {
+        let Some(attempt) = self.sends.get_mut(index) else { return };
+        match outcome {
+            SendOutcome::Accepted { message_id } => {
+                if attempt.delivery.message_id.is_none() {
+                    attempt.delivery.message_id = Some(message_id.clone());
+                }
+                attempt.delivery.status = attempt.delivery.status.max(DeliveryStatus::Accepted);
+            }
+            SendOutcome::Failed { error, definitive } => {
+                attempt.delivery.apply(&StatusEvent {
+                    status: DeliveryStatus::Failed,
+                    timestamp: now,
+                    error: Some(error.clone()),
+                });
+                // The code cannot arrive when the only send was refused.
+                let nothing_else_out = self.sends.len() == 1;
+                if *definitive && nothing_else_out && self.status == VerificationStatus::Pending {
+                    self.finish(VerificationStatus::Failed);
+                }
+            }
+        }
+    }
+
+    /// The send whose message is `message_id`. Failing that, with
+    /// `claim`, the latest send with no message id yet takes it: the id
+    /// came back in `biz_opaque_callback_data` before (or instead of) the
+    /// Graph API's answer.
+    pub fn send_for_message(&mut self, message_id: &str, claim: bool) -> Option<usize> {
+        if let Some(i) =
+            self.sends.iter().position(|a| a.delivery.message_id.as_deref() == Some(message_id))
+        {
+            return Some(i);
+        }
+        if !claim {
+            return None;
+        }
+        let i = self.sends.iter().rposition(|a| a.delivery.message_id.is_none())?;
+        self.sends[i].delivery.message_id = Some(message_id.to_owned());
+        Some(i)
+    }
+
+    pub fn message_ids(&self) -> impl Iterator<Item = &str> {
+        self.sends.iter().filter_map(|a| a.delivery.message_id.as_deref())
     }
 }
 
@@ -316,24 +431,46 @@ mod hex_bytes {
     }
 }
 
+mod opt_hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| hex::decode(t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn verification(max_attempts: u32) -> Verification {
         let id = VerificationId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let to = PhoneNumber::parse("+15550001234").unwrap();
-        Verification::new(id, to, vec![1, 2, 3], 1_000, 600, max_attempts)
+        let masked = "+1555*****234".to_owned();
+        Verification::new(id, masked, "nk".into(), vec![1, 2, 3], vec![9], 1_000, 600, max_attempts)
     }
 
     fn event(status: DeliveryStatus, timestamp: i64) -> StatusEvent {
         StatusEvent { status, timestamp, error: None }
     }
 
+    fn refusal() -> SendOutcome {
+        let error = DeliveryError { code: Some(132001), title: "t".into(), details: None };
+        SendOutcome::Failed { error, definitive: true }
+    }
+
     #[test]
-    fn right_code_approves_once() {
+    fn right_code_approves_once_and_drops_the_secret() {
         let mut v = verification(5);
         assert_eq!(v.check(1_001, true), Ok(CheckOutcome::Approved));
+        assert_eq!(v.secret, None);
         assert_eq!(v.check(1_002, true), Err(VerificationStatus::Approved));
     }
 
@@ -344,6 +481,7 @@ mod tests {
         assert_eq!(v.check(1_001, false), Ok(CheckOutcome::Wrong { attempts_left: 1 }));
         assert_eq!(v.check(1_001, false), Ok(CheckOutcome::Exhausted));
         assert_eq!(v.check(1_001, true), Err(VerificationStatus::MaxAttemptsReached));
+        assert_eq!(v.secret, None);
     }
 
     #[test]
@@ -356,12 +494,43 @@ mod tests {
     }
 
     #[test]
-    fn failed_verification_refuses_checks() {
+    fn cancel_ends_a_pending_verification_only() {
         let mut v = verification(5);
-        let error = DeliveryError { code: Some(132001), title: "t".into(), details: None };
-        v.record_send_failure(error, 1_000, true);
+        assert_eq!(v.cancel(1_001), Ok(()));
+        assert_eq!((v.status, v.secret.is_none()), (VerificationStatus::Canceled, true));
+        assert_eq!(v.cancel(1_002), Err(VerificationStatus::Canceled));
+        assert_eq!(v.check(1_002, true), Err(VerificationStatus::Canceled));
+    }
+
+    #[test]
+    fn a_refused_only_send_fails_the_verification() {
+        let mut v = verification(5);
+        v.record_send(0, &refusal(), 1_000);
         assert_eq!(v.check(1_001, true), Err(VerificationStatus::Failed));
-        assert_eq!(v.delivery.status, DeliveryStatus::Failed);
+        assert_eq!(v.delivery().status, DeliveryStatus::Failed);
+    }
+
+    #[test]
+    fn a_refused_resend_leaves_the_first_send_usable() {
+        let mut v = verification(5);
+        v.record_send(0, &SendOutcome::Accepted { message_id: "wamid.1".into() }, 1_000);
+        let second = v.add_send(1_060);
+        v.record_send(second, &refusal(), 1_060);
+        assert_eq!(v.status, VerificationStatus::Pending);
+        assert_eq!(v.delivery().status, DeliveryStatus::Failed, "the latest send's delivery");
+    }
+
+    #[test]
+    fn a_timed_out_send_keeps_the_verification_pending() {
+        let mut v = verification(5);
+        let error = DeliveryError { code: None, title: "timeout".into(), details: None };
+        v.record_send(0, &SendOutcome::Failed { error, definitive: false }, 1_000);
+        assert_eq!(v.status, VerificationStatus::Pending);
+        assert_eq!(
+            v.send_for_message("wamid.late", true),
+            Some(0),
+            "its message id can still be claimed"
+        );
     }
 
     #[test]
@@ -391,10 +560,21 @@ mod tests {
     #[test]
     fn accepted_does_not_undo_a_status_that_came_first() {
         let mut v = verification(5);
-        v.link_message("wamid.A");
-        v.delivery.apply(&event(DeliveryStatus::Delivered, 3));
-        v.record_accepted("wamid.A");
-        assert_eq!(v.delivery.status, DeliveryStatus::Delivered);
+        let i = v.send_for_message("wamid.A", true).unwrap();
+        v.sends[i].delivery.apply(&event(DeliveryStatus::Delivered, 3));
+        v.record_send(i, &SendOutcome::Accepted { message_id: "wamid.A".into() }, 4);
+        assert_eq!(v.delivery().status, DeliveryStatus::Delivered);
+    }
+
+    #[test]
+    fn statuses_find_their_own_send() {
+        let mut v = verification(5);
+        v.record_send(0, &SendOutcome::Accepted { message_id: "wamid.1".into() }, 1_000);
+        let second = v.add_send(1_060);
+        v.record_send(second, &SendOutcome::Accepted { message_id: "wamid.2".into() }, 1_060);
+        assert_eq!(v.send_for_message("wamid.1", false), Some(0));
+        assert_eq!(v.send_for_message("wamid.2", true), Some(1));
+        assert_eq!(v.send_for_message("wamid.3", true), None, "no send is free to claim it");
     }
 
     #[test]

@@ -3,30 +3,35 @@
 mod auth;
 mod body;
 mod health;
+mod throttle;
 mod verifications;
 mod webhook;
 
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use ring::rand::SystemRandom;
 
 use crate::clock::SharedClock;
-use crate::domain::CodeHasher;
+use crate::domain::Keyring;
 use crate::error::ApiError;
-use crate::settings::Settings;
+use crate::outbox::Outbox;
+use crate::settings::{LimitSettings, Settings};
 use crate::store::{Store, Sweeper};
 use crate::whatsapp::WebhookVerifier;
 
 pub use auth::{Authenticated, SecretDigest};
 pub use body::{read_json, read_limited};
+pub use throttle::ClientLimiter;
 pub use verifications::VerificationView;
 
 /// What every request handler shares, whichever worker runs it.
 pub struct AppState {
     pub store: Store,
     pub clock: SharedClock,
-    pub codes: CodeHasher,
+    pub keys: Arc<Keyring>,
     pub webhook: WebhookVerifier,
     pub api_key: SecretDigest,
     pub verify_token: SecretDigest,
@@ -34,7 +39,12 @@ pub struct AppState {
     pub max_attempts: u32,
     pub retention_seconds: i64,
     pub request_timeout: Duration,
+    pub limits: LimitSettings,
+    pub clients: ClientLimiter,
+    /// The UTC day on which a spent send budget was last logged.
+    pub budget_warned_day: AtomicI64,
     pub rng: SystemRandom,
+    pub outbox: Outbox,
     /// Purges expired verifications for as long as the app lives.
     _sweeper: Sweeper,
 }
@@ -50,18 +60,19 @@ impl AppState {
         // Parked statuses wait for a send that is at most a Graph API
         // timeout late; after a whole retention period nobody will claim them.
         let sweeper = store.start_sweeper(clock.clone(), sweep_every, retention_seconds)?;
-        let previous_code_key = settings.code_key_previous.as_ref();
-        let previous_app_secret = settings.app_secret_previous.as_ref();
+        let keys = Arc::new(Keyring::new(
+            settings.code_key.expose().as_bytes(),
+            settings.code_key_previous.as_ref().map(|k| k.expose().as_bytes()),
+        ));
+        let outbox =
+            Outbox::start(store.clone(), keys.clone(), clock.clone(), settings.graph.clone())?;
         Ok(Self {
             store,
             clock,
-            codes: CodeHasher::new(
-                settings.code_key.expose().as_bytes(),
-                previous_code_key.map(|k| k.expose().as_bytes()),
-            ),
+            keys,
             webhook: WebhookVerifier::new(
                 settings.app_secret.expose().as_bytes(),
-                previous_app_secret.map(|k| k.expose().as_bytes()),
+                settings.app_secret_previous.as_ref().map(|k| k.expose().as_bytes()),
             ),
             api_key: SecretDigest::of(settings.api_key.expose()),
             verify_token: SecretDigest::of(settings.verify_token.expose()),
@@ -69,7 +80,11 @@ impl AppState {
             max_attempts: settings.max_attempts,
             retention_seconds,
             request_timeout: settings.request_timeout,
+            clients: ClientLimiter::per_minute(settings.limits.client_requests_per_minute),
+            limits: settings.limits.clone(),
+            budget_warned_day: AtomicI64::new(i64::MIN),
             rng: SystemRandom::new(),
+            outbox,
             _sweeper: sweeper,
         })
     }
@@ -89,6 +104,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/verifications/{id}/check")
             .route(web::post().to(verifications::check))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/verifications/{id}/cancel")
+            .route(web::post().to(verifications::cancel))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

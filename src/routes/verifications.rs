@@ -1,22 +1,27 @@
-//! send-code, status poll and check-code.
+//! send-code, status poll, check-code and cancel.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{rfc3339, UnixTime};
 use crate::domain::{
-    CheckOutcome, Code, DeliveryError, DeliveryStatus, PhoneNumber, Verification, VerificationId,
-    VerificationStatus,
+    Attempt, Channel, CheckOutcome, Code, Delivery, DeliveryError, DeliveryStatus, Limit,
+    PhoneNumber, SendSecret, Verification, VerificationId, VerificationStatus,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, Throttle};
+use crate::routes::throttle::client_address;
 use crate::routes::{read_json, AppState, Authenticated};
-use crate::whatsapp::{GraphClient, SendError, Sent};
+use crate::store::{Counter, IdempotencyRecord, NoResend, NotCreated, Refused, ResendRules};
 
 /// Request bodies on `/v1` are tiny; anything larger is refused unread.
 const JSON_LIMIT: usize = 16 * 1024;
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,12 +40,15 @@ struct CheckRequest {
 pub struct VerificationView {
     pub id: String,
     pub status: VerificationStatus,
-    pub channel: &'static str,
+    pub channel: Channel,
     pub to: String,
     pub created_at: String,
     pub expires_at: String,
     pub attempts_left: u32,
+    /// The latest send's delivery.
     pub delivery: DeliveryView,
+    /// Every send of the code, oldest first.
+    pub attempts: Vec<AttemptView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,113 +59,250 @@ pub struct DeliveryView {
     pub error: Option<DeliveryError>,
 }
 
-impl VerificationView {
-    pub fn new(v: &Verification, now: UnixTime) -> Self {
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    pub channel: Channel,
+    pub sent_at: String,
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+}
+
+impl DeliveryView {
+    fn new(d: &Delivery) -> Self {
         Self {
-            id: v.id.to_string(),
-            status: v.status_at(now),
-            channel: "whatsapp",
-            to: v.to.masked(),
-            created_at: rfc3339(v.created_at),
-            expires_at: rfc3339(v.expires_at),
-            attempts_left: v.attempts_left,
-            delivery: DeliveryView {
-                status: v.delivery.status,
-                message_id: v.delivery.message_id.clone(),
-                timestamps: v.delivery.timestamps.iter().map(|(s, t)| (*s, rfc3339(*t))).collect(),
-                error: v.delivery.error.clone(),
-            },
+            status: d.status,
+            message_id: d.message_id.clone(),
+            timestamps: d.timestamps.iter().map(|(s, t)| (*s, rfc3339(*t))).collect(),
+            error: d.error.clone(),
         }
     }
 }
 
-/// `POST /v1/verifications`: create a verification and send its code.
+impl VerificationView {
+    pub fn new(v: &Verification, now: UnixTime) -> Self {
+        let attempt = |a: &Attempt| AttemptView {
+            channel: a.channel,
+            sent_at: rfc3339(a.sent_at),
+            delivery: DeliveryView::new(&a.delivery),
+        };
+        Self {
+            id: v.id.to_string(),
+            status: v.status_at(now),
+            channel: Channel::Whatsapp,
+            to: v.to_masked.clone(),
+            created_at: rfc3339(v.created_at),
+            expires_at: rfc3339(v.expires_at),
+            attempts_left: v.attempts_left,
+            delivery: DeliveryView::new(v.delivery()),
+            attempts: v.sends.iter().map(attempt).collect(),
+        }
+    }
+}
+
+fn respond(status: actix_web::http::StatusCode, v: &Verification, now: UnixTime) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::LOCATION, format!("/v1/verifications/{}", v.id)))
+        .json(VerificationView::new(v, now))
+}
+
+/// Counts a call against the caller's API key and address.
+fn throttle_client(state: &AppState, req: &HttpRequest, now: UnixTime) -> Result<(), ApiError> {
+    let refused =
+        |retry_after| ApiError::TooManyRequests { throttle: Throttle::Client, retry_after };
+    state.clients.hit("api-key", now).map_err(refused)?;
+    let header = state.limits.trusted_proxy_header.as_deref();
+    if let Some(address) = client_address(req, header) {
+        state.clients.hit(&format!("address:{address}"), now).map_err(refused)?;
+    }
+    Ok(())
+}
+
+/// The `Idempotency-Key` header, if the request has one.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::InvalidIdempotencyKey)?;
+    let ok = (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| Some(key.to_owned())).ok_or(ApiError::InvalidIdempotencyKey)
+}
+
+/// What makes two send-code requests the same request.
+fn fingerprint(to: &PhoneNumber) -> String {
+    hex::encode(digest::digest(&digest::SHA256, to.e164().as_bytes()))
+}
+
+/// `POST /v1/verifications`: create a verification and send its code, or,
+/// when the number already has a pending one, send that one's code again.
+///
+/// The answer never waits for Meta: the send is queued and made in the
+/// background (see `outbox.rs`), so the answer is the same whether or not
+/// the number is on WhatsApp.
 pub async fn send_code(
     _: Authenticated,
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
-    graph: web::Data<GraphClient>,
 ) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    throttle_client(&state, &req, now)?;
     let request: SendCodeRequest = read_json(&req, body, JSON_LIMIT).await?;
     let to = PhoneNumber::parse(&request.to)?;
+    let key = idempotency_key(&req)?;
+    let fingerprint = fingerprint(&to);
+    let idempotency = key.as_deref().map(|k| (k, fingerprint.as_str()));
 
-    let (verification, code) = new_verification(&state, to)?;
-    let purge_at = verification.expires_at + state.retention_seconds;
-    state.store.insert(&verification, purge_at)?;
+    if let Some(record) = key.as_deref().map(|k| state.store.idempotency(k)).transpose()?.flatten()
+    {
+        return replay(&state, &record, &fingerprint, now);
+    }
+    check_country(&state, &to)?;
+    let number_key = state.keys.number_key(&to);
+    if let Some(active) = state.store.active(&number_key, now)? {
+        return resend(&state, &active, idempotency, now).await;
+    }
 
-    let sent = graph.send_code(&verification.to, &code, &verification.id).await;
-    drop(code);
-    let verification = record_send(&state, &verification.id, sent)?;
+    count_send(&state, &number_key, now)?;
+    let v = new_verification(&state, &to, number_key, now)?;
+    let purge_at = v.expires_at + state.retention_seconds;
+    match state.store.create(&v, purge_at, now, idempotency)? {
+        Ok(()) => {}
+        Err(NotCreated::Active(id)) => {
+            // Another request for the same number won the race.
+            let active = state.store.get(&id)?.ok_or(ApiError::VerificationNotFound)?;
+            return resend(&state, &active, idempotency, now).await;
+        }
+        Err(NotCreated::KeyTaken(record)) => return replay(&state, &record, &fingerprint, now),
+    }
     state.store.commit().await?;
-
-    tracing::info!(
-        verification_id = %verification.id,
-        delivery = verification.delivery.status.as_str(),
-        "verification created"
-    );
-    let now = state.clock.now();
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/v1/verifications/{}", verification.id)))
-        .json(VerificationView::new(&verification, now)))
+    state.outbox.enqueue(v.id.clone(), 0);
+    tracing::info!(verification_id = %v.id, "verification created");
+    Ok(respond(actix_web::http::StatusCode::CREATED, &v, now))
 }
 
-fn new_verification(state: &AppState, to: PhoneNumber) -> Result<(Verification, Code), ApiError> {
+/// The same `Idempotency-Key` again: the same request gets the
+/// verification it created, and nothing is sent; another request is
+/// refused.
+fn replay(
+    state: &AppState,
+    record: &IdempotencyRecord,
+    fingerprint: &str,
+    now: UnixTime,
+) -> Result<HttpResponse, ApiError> {
+    if record.fingerprint != fingerprint {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let v = state.store.get(&record.verification)?.ok_or(ApiError::VerificationNotFound)?;
+    let mut response = respond(actix_web::http::StatusCode::OK, &v, now);
+    response.headers_mut().insert(
+        header::HeaderName::from_static("idempotent-replayed"),
+        header::HeaderValue::from_static("true"),
+    );
+    Ok(response)
+}
+
+fn check_country(state: &AppState, to: &PhoneNumber) -> Result<(), ApiError> {
+    let allowed = &state.limits.allowed_countries;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let country = phonenumber::parse(None, to.e164())
+        .ok()
+        .and_then(|n| n.country().id())
+        .map(|id| id.as_ref().to_owned());
+    match country {
+        Some(c) if allowed.contains(&c) => Ok(()),
+        _ => Err(ApiError::CountryNotAllowed),
+    }
+}
+
+/// Counts one send against the number's hourly and daily limits and the
+/// daily budget, all or nothing.
+fn count_send(state: &AppState, number_key: &str, now: UnixTime) -> Result<(), ApiError> {
+    let l = &state.limits;
+    let hits = [
+        (Counter::NumberSendsPerHour, number_key, Limit::per(HOUR, l.number_sends_per_hour)),
+        (Counter::NumberSendsPerDay, number_key, Limit::per(DAY, l.number_sends_per_day)),
+        (Counter::DailySendBudget, "all", Limit::per(DAY, l.daily_send_budget)),
+    ];
+    match state.store.count(&hits, now)? {
+        Ok(()) => Ok(()),
+        Err(Refused { counter, retry_after }) => {
+            let throttle = if counter == Counter::DailySendBudget {
+                warn_budget_once(state, now);
+                Throttle::SendBudget
+            } else {
+                Throttle::NumberSends
+            };
+            Err(ApiError::TooManyRequests { throttle, retry_after })
+        }
+    }
+}
+
+fn warn_budget_once(state: &AppState, now: UnixTime) {
+    let day = now.div_euclid(DAY);
+    if state.budget_warned_day.swap(day, Ordering::Relaxed) != day {
+        tracing::warn!(
+            budget = state.limits.daily_send_budget,
+            "daily send budget spent: sends are refused until 00:00 UTC"
+        );
+    }
+}
+
+fn new_verification(
+    state: &AppState,
+    to: &PhoneNumber,
+    number_key: String,
+    now: UnixTime,
+) -> Result<Verification, ApiError> {
     let rng_failed = || ApiError::Internal(anyhow::anyhow!("the system CSPRNG failed"));
     let code = Code::generate(&state.rng).map_err(|_| rng_failed())?;
     let id = VerificationId::generate(&state.rng).map_err(|_| rng_failed())?;
-    let tag = state.codes.tag(id.as_str(), to.e164(), &code);
-    let now = state.clock.now();
-    let v = Verification::new(id, to, tag, now, state.code_ttl_seconds, state.max_attempts);
-    Ok((v, code))
+    let tag = state.keys.code_tag(&id, &number_key, &code);
+    let sealed =
+        state.keys.seal(&id, &SendSecret { to: to.clone(), code }).map_err(|_| rng_failed())?;
+    Ok(Verification::new(
+        id,
+        to.masked(),
+        number_key,
+        tag,
+        sealed,
+        now,
+        state.code_ttl_seconds,
+        state.max_attempts,
+    ))
 }
 
-/// Writes down what the Graph API said. A refused or failed send shows in
-/// the resource's delivery, never as an error of this request.
-fn record_send(
+/// Sends the pending verification's code again, if its cooldown is over
+/// and it has sends left.
+async fn resend(
     state: &AppState,
-    id: &VerificationId,
-    sent: Result<Sent, SendError>,
-) -> Result<Verification, ApiError> {
-    let updated = match sent {
-        Ok(sent) => {
-            if sent.message_status.as_deref().is_some_and(|s| s != "accepted") {
-                tracing::warn!(
-                    verification_id = %id,
-                    message_status = sent.message_status.as_deref(),
-                    "graph api holds the message"
-                );
-            }
-            state.store.record_accepted(id, &sent.message_id)?
+    active: &Verification,
+    idempotency: Option<(&str, &str)>,
+    now: UnixTime,
+) -> Result<HttpResponse, ApiError> {
+    let rules =
+        ResendRules { cooldown: state.limits.resend_cooldown, max_sends: state.limits.max_sends };
+    let refused = |refusal: NoResend| match refusal {
+        NoResend::Cooldown { at } => {
+            ApiError::TooManyRequests { throttle: Throttle::ResendCooldown, retry_after: at - now }
         }
-        Err(error) => {
-            log_send_failure(id, &error);
-            let now = state.clock.now();
-            let shown = error.to_delivery_error();
-            let definitive = error.is_definitive();
-            state
-                .store
-                .update(id, |v| v.record_send_failure(shown.clone(), now, definitive))?
-                .map(|(_, v)| v)
+        NoResend::MaxSends { until } => {
+            ApiError::TooManyRequests { throttle: Throttle::MaxSends, retry_after: until - now }
         }
+        NoResend::NotPending(status) => ApiError::NotPending(status),
     };
-    updated.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("verification {id} vanished")))
+    if let Some(refusal) = crate::store::Store::resend_refusal(active, now, rules) {
+        return Err(refused(refusal));
+    }
+    count_send(state, &active.number_key, now)?;
+    let (v, index) = state.store.resend(&active.id, now, rules, idempotency)?.map_err(refused)?;
+    state.store.commit().await?;
+    state.outbox.enqueue(v.id.clone(), index);
+    tracing::info!(verification_id = %v.id, send = index + 1, "code sent again");
+    Ok(respond(actix_web::http::StatusCode::OK, &v, now))
 }
 
-fn log_send_failure(id: &VerificationId, error: &SendError) {
-    let class = error.class();
-    let (code, http_status, fbtrace_id) = match error {
-        SendError::Meta { code, http_status, fbtrace_id, .. } => {
-            (Some(*code), Some(*http_status), fbtrace_id.as_deref())
-        }
-        SendError::BadAnswer { http_status, .. } => (None, Some(*http_status), None),
-        SendError::Timeout(_) | SendError::Unreachable(_) => (None, None, None),
-    };
-    if class.needs_operator() {
-        tracing::error!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "send refused: check the configuration");
-    } else {
-        tracing::warn!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "send failed");
-    }
+fn parse_id(path: &str) -> Result<VerificationId, ApiError> {
+    VerificationId::parse(path).ok_or(ApiError::VerificationNotFound)
 }
 
 /// `GET /v1/verifications/{id}`: the verification as it is now.
@@ -166,7 +311,7 @@ pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = VerificationId::parse(&path).ok_or(ApiError::VerificationNotFound)?;
+    let id = parse_id(&path)?;
     let verification = state.store.get(&id)?.ok_or(ApiError::VerificationNotFound)?;
     Ok(HttpResponse::Ok().json(VerificationView::new(&verification, state.clock.now())))
 }
@@ -179,21 +324,39 @@ pub async fn check(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    throttle_client(&state, &req, now)?;
     let request: CheckRequest = read_json(&req, body, JSON_LIMIT).await?;
-    let id = VerificationId::parse(&path).ok_or(ApiError::VerificationNotFound)?;
+    let id = parse_id(&path)?;
     let code = Code::parse(&request.code).map_err(|_| ApiError::InvalidCode)?;
 
-    let now = state.clock.now();
+    let current = state.store.get(&id)?.ok_or(ApiError::VerificationNotFound)?;
+    match current.status_at(now) {
+        VerificationStatus::Pending => {}
+        other => return Err(ApiError::NotPending(other)),
+    }
+    let failures = Limit::per(HOUR, state.limits.number_failed_checks_per_hour);
+    let number = current.number_key.as_str();
+    if state.store.counted(Counter::NumberFailedChecksPerHour, number, failures, now)?
+        >= failures.max
+    {
+        let retry_after = failures.retry_after(now);
+        return Err(ApiError::TooManyRequests { throttle: Throttle::FailedChecks, retry_after });
+    }
+
     let (outcome, verification) = state
         .store
         .update(&id, |v| {
             // Compared whatever the status, so that the time taken does not
             // depend on it.
-            let matches = state.codes.matches(v.id.as_str(), v.to.e164(), &code, &v.code_tag);
+            let matches = state.keys.code_matches(&v.id, &v.number_key, &code, &v.code_tag);
             v.check(now, matches)
         })?
         .ok_or(ApiError::VerificationNotFound)?;
     let outcome = outcome.map_err(ApiError::NotPending)?;
+    if outcome != CheckOutcome::Approved {
+        state.store.add(Counter::NumberFailedChecksPerHour, number, failures, now)?;
+    }
     state.store.commit().await?;
 
     let result = match outcome {
@@ -202,5 +365,21 @@ pub async fn check(
         CheckOutcome::Exhausted => "exhausted",
     };
     tracing::info!(verification_id = %id, result, "code checked");
+    Ok(HttpResponse::Ok().json(VerificationView::new(&verification, now)))
+}
+
+/// `POST /v1/verifications/{id}/cancel`: end a pending verification.
+pub async fn cancel(
+    _: Authenticated,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let now = state.clock.now();
+    let (result, verification) =
+        state.store.update(&id, |v| v.cancel(now))?.ok_or(ApiError::VerificationNotFound)?;
+    result.map_err(ApiError::NotPending)?;
+    state.store.commit().await?;
+    tracing::info!(verification_id = %id, "verification canceled");
     Ok(HttpResponse::Ok().json(VerificationView::new(&verification, now)))
 }

@@ -8,14 +8,18 @@
 //! Trees:
 //! - `verifications`: verification id -> the verification (JSON)
 //! - `messages`: Meta's message id -> verification id
+//! - `active`: number key -> the id of the number's pending verification
+//! - `idempotency`: Idempotency-Key -> request fingerprint and verification id
+//! - `outbox`: verification id ++ send index -> sends not yet answered by
+//!   the Graph API, replayed after a restart
+//! - `counters`: window end ++ counter ++ subject -> count, for limits
 //! - `parked`: message id -> statuses that arrived before their message
 //!   was known (see [`Store::record_statuses`])
-//! - `parked_by_time`: first-seen time ++ message id, to purge parked
-//!   statuses nobody claims
-//! - `purge_at`: purge time ++ verification id, to delete verifications
-//!   once their retention is over
+//! - `parked_by_time`, `wipe_at`, `purge_at`: time ++ key, so that the
+//!   sweeper finds what is due (see `purge.rs`)
 
 mod commit;
+mod counters;
 mod purge;
 
 use std::path::Path;
@@ -28,11 +32,12 @@ use sled::transaction::{
 use sled::Transactional;
 
 use crate::clock::UnixTime;
-use crate::domain::{StatusEvent, Verification, VerificationId};
+use crate::domain::{SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus};
 
 use commit::GroupCommit;
 
-pub use purge::Sweeper;
+pub use counters::{Counter, Refused};
+pub use purge::{Purged, Sweeper};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,19 +53,35 @@ pub enum StoreError {
     CommitterGone,
 }
 
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => Self::Sled(e),
-        }
+/// A transaction that stopped on purpose, or failed.
+enum Stop<T> {
+    Because(T),
+    Failed(StoreError),
+}
+
+impl<T> From<StoreError> for Stop<T> {
+    fn from(e: StoreError) -> Self {
+        Self::Failed(e)
     }
 }
 
-type TxResult<T> = ConflictableTransactionResult<T, StoreError>;
+fn finish<T, R>(result: Result<R, TransactionError<Stop<T>>>) -> Result<Result<R, T>, StoreError> {
+    match result {
+        Ok(r) => Ok(Ok(r)),
+        Err(TransactionError::Abort(Stop::Because(t))) => Ok(Err(t)),
+        Err(TransactionError::Abort(Stop::Failed(e))) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+    }
+}
 
-fn abort(e: impl Into<StoreError>) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e.into())
+type TxResult<T, S = std::convert::Infallible> = ConflictableTransactionResult<T, Stop<S>>;
+
+fn fail<S>(e: impl Into<StoreError>) -> ConflictableTransactionError<Stop<S>> {
+    ConflictableTransactionError::Abort(Stop::Failed(e.into()))
+}
+
+fn stop<S>(because: S) -> ConflictableTransactionError<Stop<S>> {
+    ConflictableTransactionError::Abort(Stop::Because(because))
 }
 
 /// One status Meta reported, ready to be recorded.
@@ -89,22 +110,69 @@ struct Parked {
     events: Vec<StatusEvent>,
 }
 
+/// An `Idempotency-Key` and what it was first used for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// A hash of the request it came with.
+    pub fingerprint: String,
+    pub verification: VerificationId,
+}
+
+/// Why a new verification was not created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotCreated {
+    /// The number already has a pending verification.
+    Active(VerificationId),
+    /// The idempotency key was taken meanwhile.
+    KeyTaken(IdempotencyRecord),
+}
+
+/// Why a send was not added to a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoResend {
+    NotPending(VerificationStatus),
+    /// Every allowed send was made; the verification is tried until it
+    /// expires, at `until`.
+    MaxSends {
+        until: UnixTime,
+    },
+    /// Too soon after the last send; possible again at `at`.
+    Cooldown {
+        at: UnixTime,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendRules {
+    pub cooldown: i64,
+    pub max_sends: usize,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     verifications: sled::Tree,
     messages: sled::Tree,
+    active: sled::Tree,
+    idempotency: sled::Tree,
+    outbox: sled::Tree,
+    counters: sled::Tree,
     parked: sled::Tree,
     parked_by_time: sled::Tree,
+    wipe_at: sled::Tree,
     purge_at: sled::Tree,
     commit: GroupCommit,
 }
 
-fn time_key(at: UnixTime, suffix: &str) -> Vec<u8> {
+fn time_key(at: UnixTime, suffix: &[u8]) -> Vec<u8> {
     // Big-endian of a non-negative time sorts like the time itself.
     let mut key = (at.max(0) as u64).to_be_bytes().to_vec();
-    key.extend_from_slice(suffix.as_bytes());
+    key.extend_from_slice(suffix);
     key
+}
+
+fn outbox_key(id: &VerificationId, index: usize) -> Vec<u8> {
+    format!("{id}:{index}").into_bytes()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -117,12 +185,20 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Self::from_db(sled::Config::new().path(dir).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         Ok(Self {
             verifications: db.open_tree("verifications")?,
             messages: db.open_tree("messages")?,
+            active: db.open_tree("active")?,
+            idempotency: db.open_tree("idempotency")?,
+            outbox: db.open_tree("outbox")?,
+            counters: db.open_tree("counters")?,
             parked: db.open_tree("parked")?,
             parked_by_time: db.open_tree("parked_by_time")?,
+            wipe_at: db.open_tree("wipe_at")?,
             purge_at: db.open_tree("purge_at")?,
             commit: GroupCommit::start(db.clone()),
             db,
@@ -139,18 +215,6 @@ impl Store {
         self.db.contains_key(b"health").is_ok()
     }
 
-    /// Stores a new verification, to be deleted at `purge_at`.
-    pub fn insert(&self, v: &Verification, purge_at: UnixTime) -> Result<(), StoreError> {
-        let id = v.id.as_str();
-        let value = encode(v)?;
-        (&self.verifications, &self.purge_at).transaction(|(vt, pt)| {
-            vt.insert(id, value.as_slice())?;
-            pt.insert(time_key(purge_at, id), Vec::<u8>::new())?;
-            Ok(())
-        })?;
-        Ok(())
-    }
-
     pub fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
         match self.verifications.get(id.as_str())? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
@@ -158,11 +222,119 @@ impl Store {
         }
     }
 
+    /// The pending verification of a number, if it has one at `now`.
+    pub fn active(
+        &self,
+        number_key: &str,
+        now: UnixTime,
+    ) -> Result<Option<Verification>, StoreError> {
+        let Some(raw) = self.active.get(number_key)? else { return Ok(None) };
+        let Some(id) = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse) else {
+            return Ok(None);
+        };
+        Ok(self.get(&id)?.filter(|v| v.status_at(now) == VerificationStatus::Pending))
+    }
+
+    pub fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        match self.idempotency.get(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a new verification and queues its first send. Refused when
+    /// the number got a pending verification meanwhile, or the
+    /// idempotency key was taken meanwhile, so that neither race creates
+    /// two.
+    pub fn create(
+        &self,
+        v: &Verification,
+        purge_at: UnixTime,
+        now: UnixTime,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Result<(), NotCreated>, StoreError> {
+        let id = v.id.as_str();
+        let value = encode(v)?;
+        let trees = (
+            &self.verifications,
+            &self.active,
+            &self.idempotency,
+            &self.outbox,
+            &self.wipe_at,
+            &self.purge_at,
+        );
+        finish(trees.transaction(|(vt, at, it, ot, wt, pt)| {
+            if let Some(raw) = at.get(v.number_key.as_str())? {
+                let other = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse);
+                if let Some(other) = other {
+                    if load(vt, &other)?
+                        .is_some_and(|o| o.status_at(now) == VerificationStatus::Pending)
+                    {
+                        return Err(stop(NotCreated::Active(other)));
+                    }
+                }
+            }
+            if let Some((key, fingerprint)) = idempotency {
+                if let Some(bytes) = it.get(key)? {
+                    return Err(stop(NotCreated::KeyTaken(decode(&bytes).map_err(fail)?)));
+                }
+                let record = IdempotencyRecord {
+                    fingerprint: fingerprint.into(),
+                    verification: v.id.clone(),
+                };
+                it.insert(key, encode(&record).map_err(fail)?)?;
+            }
+            vt.insert(id, value.as_slice())?;
+            at.insert(v.number_key.as_str(), id)?;
+            ot.insert(outbox_key(&v.id, 0), Vec::<u8>::new())?;
+            wt.insert(time_key(v.expires_at, id.as_bytes()), Vec::<u8>::new())?;
+            pt.insert(time_key(purge_at, id.as_bytes()), Vec::<u8>::new())?;
+            Ok(())
+        }))
+    }
+
+    /// Adds a send of the same code to a pending verification and queues
+    /// it, unless the rules refuse. Returns the verification and the new
+    /// send's index.
+    pub fn resend(
+        &self,
+        id: &VerificationId,
+        now: UnixTime,
+        rules: ResendRules,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
+        let trees = (&self.verifications, &self.idempotency, &self.outbox);
+        finish(trees.transaction(|(vt, it, ot)| {
+            let Some(mut v) = load(vt, id)? else {
+                return Err(stop(NoResend::NotPending(VerificationStatus::Expired)));
+            };
+            if let Some(refusal) = resend_refusal(&v, now, rules) {
+                return Err(stop(refusal));
+            }
+            let index = v.add_send(now);
+            if let Some((key, fingerprint)) = idempotency {
+                let record =
+                    IdempotencyRecord { fingerprint: fingerprint.into(), verification: id.clone() };
+                it.insert(key, encode(&record).map_err(fail)?)?;
+                v.idempotency_keys.push(key.to_owned());
+            }
+            save(vt, &v)?;
+            ot.insert(outbox_key(id, index), Vec::<u8>::new())?;
+            Ok((v, index))
+        }))
+    }
+
+    /// Why a resend of `v` would be refused at `now`, if it would.
+    pub fn resend_refusal(v: &Verification, now: UnixTime, rules: ResendRules) -> Option<NoResend> {
+        resend_refusal(v, now, rules)
+    }
+
     /// Applies `change` to a verification atomically: the read and the
     /// write are one compare-and-swap, retried if another request wrote in
     /// between, so two concurrent checks can never both use the same try.
     /// `change` may therefore run more than once and must not have side
-    /// effects. Returns `None` when no verification has this id.
+    /// effects. A verification that `change` ends leaves the number free
+    /// for a new one. Returns `None` when no verification has this id.
     pub fn update<T>(
         &self,
         id: &VerificationId,
@@ -178,35 +350,87 @@ impl Store {
             }
             let new = encode(&v)?;
             if self.verifications.compare_and_swap(id.as_str(), Some(old), Some(new))?.is_ok() {
+                if v.status != VerificationStatus::Pending {
+                    self.release(&v)?;
+                }
                 return Ok(Some((result, v)));
             }
         }
     }
 
-    /// Records that the Graph API accepted a verification's message, and
-    /// applies any statuses for it that arrived first.
-    pub fn record_accepted(
+    /// Frees the number of a verification that is over.
+    fn release(&self, v: &Verification) -> Result<(), StoreError> {
+        let _ = self.active.compare_and_swap(
+            v.number_key.as_str(),
+            Some(v.id.as_str()),
+            None as Option<&[u8]>,
+        )?;
+        Ok(())
+    }
+
+    /// Sends queued and not yet answered, oldest first: what a restart
+    /// must send again.
+    pub fn outbox(&self) -> Result<Vec<(VerificationId, usize)>, StoreError> {
+        let mut queued = Vec::new();
+        for item in self.outbox.iter() {
+            let (key, _) = item?;
+            let text = String::from_utf8_lossy(&key);
+            let parsed = text
+                .split_once(':')
+                .and_then(|(id, i)| Some((VerificationId::parse(id)?, i.parse().ok()?)));
+            match parsed {
+                Some(entry) => queued.push(entry),
+                None => {
+                    self.outbox.remove(key)?;
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Takes a send off the outbox without recording anything.
+    pub fn unqueue(&self, id: &VerificationId, index: usize) -> Result<(), StoreError> {
+        self.outbox.remove(outbox_key(id, index))?;
+        Ok(())
+    }
+
+    /// Records what the Graph API said to one send, takes it off the
+    /// outbox, and applies any statuses for its message that came first.
+    pub fn record_send(
         &self,
         id: &VerificationId,
-        message_id: &str,
+        index: usize,
+        outcome: &SendOutcome,
+        now: UnixTime,
     ) -> Result<Option<Verification>, StoreError> {
-        let trees = (&self.verifications, &self.messages, &self.parked);
-        let result = trees.transaction(|(vt, mt, pt)| {
+        let trees = (&self.verifications, &self.messages, &self.parked, &self.outbox);
+        let result = finish(trees.transaction(|(vt, mt, pt, ot)| {
+            ot.remove(outbox_key(id, index))?;
             let Some(mut v) = load(vt, id)? else { return Ok(None) };
-            v.record_accepted(message_id);
-            if v.delivery.message_id.as_deref() == Some(message_id) {
-                mt.insert(message_id, id.as_str())?;
-                if let Some(bytes) = pt.remove(message_id)? {
-                    let parked: Parked = decode(&bytes).map_err(abort)?;
-                    for event in &parked.events {
-                        v.delivery.apply(event);
+            v.record_send(index, outcome, now);
+            if let SendOutcome::Accepted { message_id } = outcome {
+                if v.sends.get(index).and_then(|a| a.delivery.message_id.as_deref())
+                    == Some(message_id)
+                {
+                    mt.insert(message_id.as_str(), id.as_str())?;
+                    if let Some(bytes) = pt.remove(message_id.as_str())? {
+                        let parked: Parked = decode(&bytes).map_err(fail)?;
+                        for event in &parked.events {
+                            v.sends[index].delivery.apply(event);
+                        }
                     }
                 }
             }
             save(vt, &v)?;
             Ok(Some(v))
-        })?;
-        Ok(result)
+        }));
+        let v = result?.unwrap_or_else(|never: std::convert::Infallible| match never {});
+        if let Some(v) = &v {
+            if v.status != VerificationStatus::Pending {
+                self.release(v)?;
+            }
+        }
+        Ok(v)
     }
 
     /// Applies the statuses of one webhook body, all or nothing: a body
@@ -216,8 +440,8 @@ impl Store {
     /// verification id in `biz_opaque_callback_data`, which covers a status
     /// that overtakes the Graph API's own answer and a send whose answer
     /// never came. A status that matches nothing is parked, and applied by
-    /// [`Store::record_accepted`] if its message turns up later; Meta cannot
-    /// be asked for it again.
+    /// [`Store::record_send`] if its message turns up later; Meta cannot be
+    /// asked for it again.
     pub fn record_statuses(
         &self,
         updates: &[StatusUpdate],
@@ -227,54 +451,64 @@ impl Store {
             return Ok(Tally::default());
         }
         let trees = (&self.verifications, &self.messages, &self.parked, &self.parked_by_time);
-        let tally = trees.transaction(|(vt, mt, pt, ptt)| {
+        let result = finish(trees.transaction(|(vt, mt, pt, ptt)| {
             let mut tally = Tally::default();
             for update in updates {
-                if let Some(changed) = apply_to_verification(vt, mt, update)? {
-                    if changed {
-                        tally.applied += 1;
-                    } else {
-                        tally.unchanged += 1;
+                match apply_to_verification(vt, mt, update)? {
+                    Some(true) => tally.applied += 1,
+                    Some(false) => tally.unchanged += 1,
+                    None => {
+                        park(pt, ptt, update, now)?;
+                        tally.parked += 1;
                     }
-                } else {
-                    park(pt, ptt, update, now)?;
-                    tally.parked += 1;
                 }
             }
             Ok(tally)
-        })?;
-        Ok(tally)
+        }));
+        Ok(result?.unwrap_or_else(|never: std::convert::Infallible| match never {}))
     }
 }
 
-fn load(vt: &TransactionalTree, id: &VerificationId) -> TxResult<Option<Verification>> {
+fn resend_refusal(v: &Verification, now: UnixTime, rules: ResendRules) -> Option<NoResend> {
+    let status = v.status_at(now);
+    if status != VerificationStatus::Pending {
+        return Some(NoResend::NotPending(status));
+    }
+    if v.sends.len() >= rules.max_sends {
+        return Some(NoResend::MaxSends { until: v.expires_at });
+    }
+    let at = v.last_sent_at() + rules.cooldown;
+    (now < at).then_some(NoResend::Cooldown { at })
+}
+
+fn load<S>(vt: &TransactionalTree, id: &VerificationId) -> TxResult<Option<Verification>, S> {
     match vt.get(id.as_str())? {
-        Some(bytes) => Ok(Some(decode(&bytes).map_err(abort)?)),
+        Some(bytes) => Ok(Some(decode(&bytes).map_err(fail)?)),
         None => Ok(None),
     }
 }
 
-fn save(vt: &TransactionalTree, v: &Verification) -> TxResult<()> {
-    vt.insert(v.id.as_str(), encode(v).map_err(abort)?)?;
+fn save<S>(vt: &TransactionalTree, v: &Verification) -> TxResult<(), S> {
+    vt.insert(v.id.as_str(), encode(v).map_err(fail)?)?;
     Ok(())
 }
 
 /// `Some(changed)` when the status belongs to a verification, `None` when
 /// no verification claims its message.
-fn apply_to_verification(
+fn apply_to_verification<S>(
     vt: &TransactionalTree,
     mt: &TransactionalTree,
     update: &StatusUpdate,
-) -> TxResult<Option<bool>> {
+) -> TxResult<Option<bool>, S> {
     let indexed = mt
         .get(update.message_id.as_bytes())?
         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
     let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else { return Ok(None) };
     let Some(mut v) = load(vt, &id)? else { return Ok(None) };
-    if !v.link_message(&update.message_id) {
+    let Some(index) = v.send_for_message(&update.message_id, indexed.is_none()) else {
         return Ok(None);
-    }
-    let changed = v.delivery.apply(&update.event);
+    };
+    let changed = v.sends[index].delivery.apply(&update.event);
     if indexed.is_none() {
         mt.insert(update.message_id.as_bytes(), id.as_str())?;
         save(vt, &v)?;
@@ -284,23 +518,23 @@ fn apply_to_verification(
     Ok(Some(changed))
 }
 
-fn park(
+fn park<S>(
     pt: &TransactionalTree,
     ptt: &TransactionalTree,
     update: &StatusUpdate,
     now: UnixTime,
-) -> TxResult<()> {
+) -> TxResult<(), S> {
     let key = update.message_id.as_bytes();
     let mut parked: Parked = match pt.get(key)? {
-        Some(bytes) => decode(&bytes).map_err(abort)?,
+        Some(bytes) => decode(&bytes).map_err(fail)?,
         None => {
-            ptt.insert(time_key(now, &update.message_id), Vec::<u8>::new())?;
+            ptt.insert(time_key(now, key), Vec::<u8>::new())?;
             Parked { first_seen: now, events: Vec::new() }
         }
     };
     if !parked.events.contains(&update.event) {
         parked.events.push(update.event.clone());
-        pt.insert(key, encode(&parked).map_err(abort)?)?;
+        pt.insert(key, encode(&parked).map_err(fail)?)?;
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! Deleting what is no longer needed: verifications past their retention,
-//! and parked statuses that no send ever claimed.
+//! Forgetting on time: a verification's sealed number and code once it is
+//! over, the whole verification once its retention is over, parked
+//! statuses that no send claimed, and counters whose window has ended.
 //!
 //! sled has no expiry of its own, so each record that must go is indexed
-//! by the time it must go, and a background thread walks the index.
+//! by the time it must go, and a background thread walks the indexes.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use super::{decode, time_key, Parked, Store, StoreError};
 use crate::clock::{SharedClock, UnixTime};
-use crate::domain::Verification;
+use crate::domain::{Verification, VerificationId};
 
 /// Keeps the sweeping thread alive; dropping it stops the thread.
 pub struct Sweeper {
@@ -19,30 +20,40 @@ pub struct Sweeper {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {
+    pub wiped: usize,
     pub verifications: usize,
     pub parked: usize,
+    pub counters: usize,
+}
+
+fn id_of(key: &[u8]) -> Option<VerificationId> {
+    std::str::from_utf8(key.get(8..)?).ok().and_then(VerificationId::parse)
 }
 
 impl Store {
-    /// Deletes every verification whose purge time is before `now`, with
-    /// its message index, and every parked status first seen before
-    /// `parked_before`.
+    /// Does everything that is due at `now`; parked statuses first seen
+    /// before `parked_before` go too.
     pub fn purge(&self, now: UnixTime, parked_before: UnixTime) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
-        for item in self.purge_at.range(..time_key(now, "")) {
+        for item in self.wipe_at.range(..time_key(now + 1, b"")) {
             let (key, _) = item?;
-            let id = &key[8..];
-            if let Some(bytes) = self.verifications.get(id)? {
-                let v: Verification = decode(&bytes)?;
-                if let Some(message_id) = &v.delivery.message_id {
-                    self.messages.remove(message_id.as_bytes())?;
+            if let Some(id) = id_of(&key) {
+                let wiped = self.update(&id, |v| v.wipe_if_over(now))?;
+                purged.wiped += usize::from(wiped.is_some());
+            }
+            self.wipe_at.remove(key)?;
+        }
+        for item in self.purge_at.range(..time_key(now, b"")) {
+            let (key, _) = item?;
+            if let Some(id) = id_of(&key) {
+                if let Some(bytes) = self.verifications.get(id.as_str())? {
+                    self.forget(&decode(&bytes)?)?;
+                    purged.verifications += 1;
                 }
-                self.verifications.remove(id)?;
-                purged.verifications += 1;
             }
             self.purge_at.remove(key)?;
         }
-        for item in self.parked_by_time.range(..time_key(parked_before, "")) {
+        for item in self.parked_by_time.range(..time_key(parked_before, b"")) {
             let (key, _) = item?;
             let message_id = &key[8..];
             let stale = match self.parked.get(message_id)? {
@@ -55,7 +66,28 @@ impl Store {
             }
             self.parked_by_time.remove(key)?;
         }
+        purged.counters = self.purge_counters(now)?;
         Ok(purged)
+    }
+
+    /// Deletes a verification and everything that points to it.
+    fn forget(&self, v: &Verification) -> Result<(), StoreError> {
+        for message_id in v.message_ids() {
+            self.messages.remove(message_id.as_bytes())?;
+        }
+        for key in &v.idempotency_keys {
+            self.idempotency.remove(key.as_bytes())?;
+        }
+        let _ = self.active.compare_and_swap(
+            v.number_key.as_bytes(),
+            Some(v.id.as_str().as_bytes()),
+            None as Option<&[u8]>,
+        )?;
+        for index in 0..v.sends.len() {
+            self.outbox.remove(super::outbox_key(&v.id, index))?;
+        }
+        self.verifications.remove(v.id.as_str())?;
+        Ok(())
     }
 
     /// Purges every `interval` until the returned guard is dropped.
@@ -76,9 +108,13 @@ impl Store {
             let now = clock.now();
             match store.purge(now, now - parked_for) {
                 Ok(p) if p == Purged::default() => {}
-                Ok(p) => {
-                    tracing::info!(verifications = p.verifications, parked = p.parked, "purged")
-                }
+                Ok(p) => tracing::info!(
+                    wiped = p.wiped,
+                    verifications = p.verifications,
+                    parked = p.parked,
+                    counters = p.counters,
+                    "purged"
+                ),
                 Err(error) => tracing::warn!(%error, "purge failed; retrying later"),
             }
         })?;

@@ -1,24 +1,33 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{DeliveryError, DeliveryStatus, PhoneNumber};
+use crate::domain::{DeliveryError, DeliveryStatus, Limit};
 
 fn temp_store() -> Store {
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    Store {
-        verifications: db.open_tree("verifications").unwrap(),
-        messages: db.open_tree("messages").unwrap(),
-        parked: db.open_tree("parked").unwrap(),
-        parked_by_time: db.open_tree("parked_by_time").unwrap(),
-        purge_at: db.open_tree("purge_at").unwrap(),
-        commit: GroupCommit::start(db.clone()),
-        db,
-    }
+    Store::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
 }
 
 fn verification(n: u8) -> Verification {
     let id = VerificationId::parse(&format!("{n:02x}{}", "0".repeat(30))).unwrap();
-    Verification::new(id, PhoneNumber::parse("+15550001234").unwrap(), vec![0; 32], 1_000, 600, 5)
+    Verification::new(
+        id,
+        "+1555*****234".into(),
+        format!("number-{n}"),
+        vec![0; 32],
+        vec![1],
+        1_000,
+        600,
+        5,
+    )
+}
+
+fn insert(store: &Store, v: &Verification, purge_at: i64) {
+    store.create(v, purge_at, 1_000, None).unwrap().unwrap();
+}
+
+fn accepted(store: &Store, v: &Verification, message_id: &str) -> Verification {
+    let outcome = SendOutcome::Accepted { message_id: message_id.into() };
+    store.record_send(&v.id, 0, &outcome, 1_000).unwrap().unwrap()
 }
 
 fn update(message_id: &str, status: DeliveryStatus, timestamp: i64) -> StatusUpdate {
@@ -33,16 +42,17 @@ fn update(message_id: &str, status: DeliveryStatus, timestamp: i64) -> StatusUpd
 fn statuses_before_the_send_is_recorded_are_parked_then_applied() {
     let store = temp_store();
     let v = verification(1);
-    store.insert(&v, 10_000).unwrap();
+    insert(&store, &v, 10_000);
     let early = [
         update("wamid.A", DeliveryStatus::Delivered, 5),
         update("wamid.A", DeliveryStatus::Sent, 4),
     ];
     let tally = store.record_statuses(&early, 100).unwrap();
     assert_eq!(tally, Tally { applied: 0, unchanged: 0, parked: 2 });
-    let after = store.record_accepted(&v.id, "wamid.A").unwrap().unwrap();
-    assert_eq!(after.delivery.status, DeliveryStatus::Delivered);
-    assert_eq!(after.delivery.timestamps.len(), 2);
+    let after = accepted(&store, &v, "wamid.A");
+    assert_eq!(after.delivery().status, DeliveryStatus::Delivered);
+    assert_eq!(after.delivery().timestamps.len(), 2);
+    assert!(store.outbox().unwrap().is_empty(), "the answered send left the outbox");
     assert!(store.parked.is_empty(), "claimed statuses leave the parking");
     let late = store.record_statuses(&[update("wamid.A", DeliveryStatus::Read, 6)], 100).unwrap();
     assert_eq!(late.applied, 1);
@@ -52,20 +62,89 @@ fn statuses_before_the_send_is_recorded_are_parked_then_applied() {
 fn purge_deletes_what_is_due_and_nothing_else() {
     let store = temp_store();
     let (due, kept) = (verification(1), verification(2));
-    store.insert(&due, 5_000).unwrap();
-    store.insert(&kept, 5_001).unwrap();
-    store.record_accepted(&due.id, "wamid.DUE").unwrap();
+    insert(&store, &due, 5_000);
+    insert(&store, &kept, 5_001);
+    accepted(&store, &due, "wamid.DUE");
     store.record_statuses(&[update("wamid.STRAY", DeliveryStatus::Read, 1)], 4_000).unwrap();
     store.record_statuses(&[update("wamid.FRESH", DeliveryStatus::Read, 1)], 4_500).unwrap();
 
-    assert_eq!(store.purge(5_000, 4_000).unwrap(), purge::Purged::default(), "nothing is due yet");
+    let early = store.purge(5_000, 4_000).unwrap();
+    assert_eq!((early.verifications, early.parked), (0, 0), "nothing is due yet");
     let purged = store.purge(5_001, 4_001).unwrap();
-    assert_eq!(purged, purge::Purged { verifications: 1, parked: 1 });
+    assert_eq!((purged.verifications, purged.parked), (1, 1));
     assert!(store.get(&due.id).unwrap().is_none());
     assert!(store.get(&kept.id).unwrap().is_some());
     assert!(store.messages.get("wamid.DUE").unwrap().is_none(), "its message index goes too");
     assert!(store.parked.get("wamid.FRESH").unwrap().is_some());
-    assert_eq!(store.purge(5_001, 4_001).unwrap(), purge::Purged::default(), "idempotent");
+    assert_eq!(store.purge(5_001, 4_001).unwrap(), Purged::default(), "idempotent");
+    assert!(store.active(&due.number_key, 1_001).unwrap().is_none());
+}
+
+#[test]
+fn a_number_has_one_pending_verification_at_a_time() {
+    let store = temp_store();
+    let first = verification(1);
+    insert(&store, &first, 9_000);
+    let mut second = verification(2);
+    second.number_key = first.number_key.clone();
+    assert_eq!(
+        store.create(&second, 9_000, 1_000, None).unwrap(),
+        Err(NotCreated::Active(first.id.clone()))
+    );
+    assert_eq!(
+        store.create(&second, 9_000, 1_600, None).unwrap(),
+        Ok(()),
+        "once the first expired"
+    );
+}
+
+#[test]
+fn idempotency_keys_are_taken_once() {
+    let store = temp_store();
+    let (a, b) = (verification(1), verification(2));
+    store.create(&a, 9_000, 1_000, Some(("key-1", "fp"))).unwrap().unwrap();
+    let taken = store.create(&b, 9_000, 1_000, Some(("key-1", "other"))).unwrap();
+    let record = IdempotencyRecord { fingerprint: "fp".into(), verification: a.id.clone() };
+    assert_eq!(taken, Err(NotCreated::KeyTaken(record)));
+    assert!(store.get(&b.id).unwrap().is_none());
+}
+
+#[test]
+fn resends_respect_cooldown_and_maximum() {
+    let store = temp_store();
+    let v = verification(1);
+    insert(&store, &v, 9_000);
+    let rules = ResendRules { cooldown: 60, max_sends: 3 };
+    assert_eq!(
+        store.resend(&v.id, 1_059, rules, None).unwrap(),
+        Err(NoResend::Cooldown { at: 1_060 })
+    );
+    let (after, index) = store.resend(&v.id, 1_060, rules, None).unwrap().unwrap();
+    assert_eq!((index, after.sends.len()), (1, 2));
+    store.resend(&v.id, 1_120, rules, None).unwrap().unwrap();
+    assert_eq!(
+        store.resend(&v.id, 1_500, rules, None).unwrap(),
+        Err(NoResend::MaxSends { until: 1_600 })
+    );
+    assert_eq!(store.outbox().unwrap().len(), 3, "every send is queued until answered");
+}
+
+#[test]
+fn counters_refuse_at_the_limit_and_roll_over() {
+    let store = temp_store();
+    let hour = Limit::per(3600, 2);
+    let day = Limit::per(86_400, 3);
+    let hits = [(Counter::NumberSendsPerHour, "n", hour), (Counter::NumberSendsPerDay, "n", day)];
+    assert_eq!(store.count(&hits, 3_600).unwrap(), Ok(()));
+    assert_eq!(store.count(&hits, 7_199).unwrap(), Ok(()));
+    let refused = store.count(&hits, 7_199).unwrap().unwrap_err();
+    assert_eq!(refused, Refused { counter: Counter::NumberSendsPerHour, retry_after: 1 });
+    assert_eq!(store.count(&hits, 7_200).unwrap(), Ok(()), "a new hour");
+    let refused = store.count(&hits, 7_201).unwrap().unwrap_err();
+    assert_eq!(refused.counter, Counter::NumberSendsPerDay, "the day is spent");
+    assert_eq!(store.counted(Counter::NumberSendsPerDay, "n", day, 7_201).unwrap(), 3);
+    assert_eq!(store.counted(Counter::NumberSendsPerDay, "other", day, 7_201).unwrap(), 0);
+    assert_eq!(store.purge(86_400, 0).unwrap().counters, 3, "two hours and a day ended");
 }
 
 /// The simple model: the highest status seen, the earliest time of each
@@ -136,7 +215,7 @@ proptest! {
     fn delivery_is_a_function_of_the_set_of_statuses((events, order, cuts, early) in deliveries()) {
         let store = temp_store();
         let v = verification(7);
-        store.insert(&v, 100_000).unwrap();
+        insert(&store, &v, 100_000);
         let arrivals: Vec<StatusUpdate> = order
             .iter()
             .map(|&i| StatusUpdate {
@@ -157,12 +236,12 @@ proptest! {
         for batch in &batches {
             store.record_statuses(batch, 50).unwrap();
         }
-        store.record_accepted(&v.id, "wamid.P").unwrap();
+        accepted(&store, &v, "wamid.P");
         for chunk in after.chunks(cuts[0]) {
             store.record_statuses(chunk, 50).unwrap();
         }
 
-        let got = store.get(&v.id).unwrap().unwrap().delivery;
+        let got = store.get(&v.id).unwrap().unwrap().delivery().clone();
         let (status, times, error) = model(&events);
         prop_assert_eq!(got.status, status);
         prop_assert_eq!(got.timestamps.into_iter().collect::<Vec<_>>(), times);

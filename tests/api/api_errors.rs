@@ -36,7 +36,7 @@ async fn health_is_ok_while_the_store_answers() {
 #[actix_web::test]
 async fn state_survives_a_restart_on_the_same_directory() {
     let app = spawn_app().await;
-    let v = app.send_code_as("+15550001234", "wamid.KEEP").await;
+    let v = app.send_code_as(&fresh_number(), "wamid.KEEP").await;
     let id = v["id"].as_str().unwrap().to_owned();
     let code = app.last_code_sent();
     assert_eq!(

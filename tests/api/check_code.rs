@@ -3,7 +3,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 async fn verification(app: &TestApp) -> (String, String) {
-    let v = app.send_code("+15550001234").await;
+    let v = app.send_code(&fresh_number()).await;
     (v["id"].as_str().unwrap().to_owned(), app.last_code_sent())
 }
 

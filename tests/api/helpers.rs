@@ -206,11 +206,19 @@ impl TestApp {
         self.request("GET", path, &[("authorization", auth.as_str())], None).await
     }
 
-    /// Creates a verification; asserts the 201 and returns the resource.
+    /// Creates a verification; asserts the 201 and returns the resource
+    /// once its send has been answered (sends happen in the background).
     pub async fn send_code(&self, to: &str) -> Value {
         let reply = self.post_json("/v1/verifications", &json!({"to": to})).await;
         assert_eq!(reply.status, 201, "send-code: {}", reply.text);
-        reply.json()
+        let v = reply.json();
+        assert_eq!(v["delivery"]["status"], "queued", "send-code answers before sending: {v}");
+        self.settled(v["id"].as_str().unwrap()).await
+    }
+
+    /// Polls until the latest send is no longer queued.
+    pub async fn settled(&self, id: &str) -> Value {
+        eventually(self, id, Duration::from_secs(10), |v| v["delivery"]["status"] != "queued").await
     }
 
     /// Creates a verification whose message gets `message_id`.
@@ -243,6 +251,13 @@ impl TestApp {
             [("content-type", "application/json"), ("x-hub-signature-256", signature.as_str())];
         self.request("POST", "/webhook", &headers, Some(body.to_vec())).await
     }
+}
+
+/// A number no other test uses, so that no per-number limit or pending
+/// verification carries over between tests.
+pub fn fresh_number() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("+1555300{:04}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A webhook body with one status per `(message id, status, timestamp)`.

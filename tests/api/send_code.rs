@@ -19,10 +19,18 @@ async fn send_code_creates_a_pending_verification_and_sends_the_template() {
     assert_eq!(v["created_at"], "2026-01-01T00:00:00Z");
     assert_eq!(v["expires_at"], "2026-01-01T00:10:00Z");
     assert_eq!(v["attempts_left"], 5);
+    assert_eq!(v["delivery"]["status"], "queued", "the answer does not wait for Meta");
+    assert_eq!(v["delivery"]["message_id"], serde_json::Value::Null);
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(v["attempts"][0]["sent_at"], "2026-01-01T00:00:00Z");
+    assert!(!reply.text.contains("15550001234"), "full number in {}", reply.text);
+
+    let v = app.settled(id).await;
     assert_eq!(v["delivery"]["status"], "accepted");
     assert_eq!(v["delivery"]["message_id"], "wamid.STUB1");
     assert_eq!(v["delivery"]["error"], serde_json::Value::Null);
-    assert!(!reply.text.contains("15550001234"), "full number in {}", reply.text);
+    assert_eq!(v["attempts"][0]["status"], "accepted");
+    assert_eq!(v["attempts"][0]["channel"], "whatsapp");
 
     let sent = app.graph().received();
     assert_eq!(sent.len(), 1);
@@ -46,6 +54,7 @@ async fn send_code_creates_a_pending_verification_and_sends_the_template() {
     assert!(!reply.text.contains(code), "the code must not be in the answer");
 
     assert_eq!(app.poll(id).await, v, "a poll shows the same resource");
+    assert_eq!(app.graph().received().len(), 1, "one send, no more");
 }
 
 #[actix_web::test]
@@ -54,7 +63,7 @@ async fn each_verification_gets_its_own_code_and_id() {
     let mut ids = std::collections::HashSet::new();
     let mut codes = std::collections::HashSet::new();
     for _ in 0..20 {
-        ids.insert(app.send_code("+15550001234").await["id"].as_str().unwrap().to_owned());
+        ids.insert(app.send_code(&fresh_number()).await["id"].as_str().unwrap().to_owned());
         codes.insert(app.last_code_sent());
     }
     assert_eq!(ids.len(), 20);
@@ -112,7 +121,7 @@ async fn malformed_bodies_are_400_problems() {
 #[actix_web::test]
 async fn every_v1_route_needs_the_api_key() {
     let app = spawn_app().await;
-    let id = app.send_code("+15550001234").await["id"].as_str().unwrap().to_owned();
+    let id = app.send_code(&fresh_number()).await["id"].as_str().unwrap().to_owned();
     let routes = [
         ("POST", "/v1/verifications".to_owned(), Some(br#"{"to":"+15550001234"}"#.to_vec())),
         ("GET", format!("/v1/verifications/{id}"), None),
@@ -146,7 +155,7 @@ async fn a_refused_send_shows_in_the_delivery_not_as_a_server_error() {
         404,
         r#"{"error":{"message":"(#132001) Template name does not exist in the translation","type":"OAuthException","code":132001,"error_data":{"messaging_product":"whatsapp","details":"template name (login_code) does not exist in en_US"},"fbtrace_id":"AbC"}}"#,
     ));
-    let v = app.send_code("+15550001234").await;
+    let v = app.send_code(&fresh_number()).await;
     assert_eq!(v["status"], "failed");
     assert_eq!(v["delivery"]["status"], "failed");
     assert_eq!(v["delivery"]["message_id"], serde_json::Value::Null);
@@ -165,7 +174,7 @@ async fn a_graph_api_that_does_not_answer_in_time_is_a_timeout() {
     // WAVERIFY_GRAPH_TIMEOUT is 2 s in tests.
     app.graph().queue(Answer::accepted("wamid.LATE").after(Duration::from_secs(4)));
     let started = std::time::Instant::now();
-    let v = app.send_code("+15550001234").await;
+    let v = app.send_code(&fresh_number()).await;
     let waited = started.elapsed();
     assert!(waited < Duration::from_millis(3500), "send took {waited:?}");
     assert!(waited >= Duration::from_secs(2), "send took {waited:?}");
@@ -186,7 +195,7 @@ async fn a_graph_api_that_refuses_connections_fails_the_send() {
     };
     let url = format!("http://{closed}");
     let app = spawn_app_with(&[("WAVERIFY_GRAPH_URL", &url)]).await;
-    let v = app.send_code("+15550001234").await;
+    let v = app.send_code(&fresh_number()).await;
     assert_eq!(v["status"], "failed");
     assert_eq!(v["delivery"]["status"], "failed");
     assert_eq!(v["delivery"]["error"]["title"], "Graph API unreachable");
@@ -196,7 +205,7 @@ async fn a_graph_api_that_refuses_connections_fails_the_send() {
 async fn a_proxy_error_page_is_an_unexpected_answer() {
     let app = spawn_app().await;
     app.graph().queue(Answer::json(502, "<html><body>502 Bad Gateway</body></html>"));
-    let v = app.send_code("+15550001234").await;
+    let v = app.send_code(&fresh_number()).await;
     assert_eq!(v["delivery"]["status"], "failed");
     assert_eq!(v["delivery"]["error"]["title"], "Unexpected Graph API answer");
     assert_eq!(v["status"], "pending", "after a 502 Meta may still deliver");

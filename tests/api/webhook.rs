@@ -49,7 +49,7 @@ async fn the_handshake_echoes_the_challenge_for_the_right_token_only() {
 #[actix_web::test]
 async fn statuses_move_delivery_forward_in_any_order() {
     let app = spawn_app().await;
-    let v = app.send_code_as("+15550001234", "wamid.ORDER").await;
+    let v = app.send_code_as(&fresh_number(), "wamid.ORDER").await;
     let id = v["id"].as_str().unwrap();
     let steps = [("read", 30, "read"), ("sent", 10, "read"), ("delivered", 20, "read")];
     for (status, ts, expect) in steps {
@@ -66,7 +66,8 @@ async fn statuses_move_delivery_forward_in_any_order() {
 #[actix_web::test]
 async fn duplicates_change_nothing() {
     let app = spawn_app().await;
-    let id = app.send_code_as("+15550001234", "wamid.DUP").await["id"].as_str().unwrap().to_owned();
+    let id =
+        app.send_code_as(&fresh_number(), "wamid.DUP").await["id"].as_str().unwrap().to_owned();
     let body = status_body(&[
         ("wamid.DUP", "delivered", START + 5),
         ("wamid.DUP", "delivered", START + 5),
@@ -94,7 +95,7 @@ fn failed_body(message_id: &str, ts: i64, code: i64) -> Vec<u8> {
 async fn delivered_after_failed_wins_and_the_error_stays_visible() {
     let app = spawn_app().await;
     let id =
-        app.send_code_as("+15550001234", "wamid.MULTI").await["id"].as_str().unwrap().to_owned();
+        app.send_code_as(&fresh_number(), "wamid.MULTI").await["id"].as_str().unwrap().to_owned();
     assert_eq!(app.webhook(&failed_body("wamid.MULTI", START + 3, 131000)).await.status, 200);
     let v = app.poll(&id).await;
     assert_eq!(v["delivery"]["status"], "failed");
@@ -119,7 +120,8 @@ async fn delivered_after_failed_wins_and_the_error_stays_visible() {
 #[actix_web::test]
 async fn bad_signatures_are_refused_and_record_nothing() {
     let app = spawn_app().await;
-    let id = app.send_code_as("+15550001234", "wamid.SIG").await["id"].as_str().unwrap().to_owned();
+    let id =
+        app.send_code_as(&fresh_number(), "wamid.SIG").await["id"].as_str().unwrap().to_owned();
     let body = status_body(&[("wamid.SIG", "read", START + 1)]);
     let good = waverify::whatsapp::signature::sign(APP_SECRET.as_bytes(), &body);
     let other = waverify::whatsapp::signature::sign(b"another-secret", &body);
@@ -158,7 +160,7 @@ impl ReplaceBytes for Vec<u8> {
 async fn what_is_not_ours_is_accepted_and_ignored() {
     let app = spawn_app().await;
     let id =
-        app.send_code_as("+15550001234", "wamid.MINE").await["id"].as_str().unwrap().to_owned();
+        app.send_code_as(&fresh_number(), "wamid.MINE").await["id"].as_str().unwrap().to_owned();
     let body = json!({"object": "whatsapp_business_account", "entry": [
         {"id": "1", "changes": [
             {"field": "account_update", "value": {"event": "ACCOUNT_VIOLATION"}},
@@ -191,7 +193,8 @@ async fn signed_bodies_that_are_not_json_are_400() {
 #[actix_web::test]
 async fn bodies_up_to_3_mib_are_taken_and_larger_ones_refused() {
     let app = spawn_app().await;
-    let id = app.send_code_as("+15550001234", "wamid.BIG").await["id"].as_str().unwrap().to_owned();
+    let id =
+        app.send_code_as(&fresh_number(), "wamid.BIG").await["id"].as_str().unwrap().to_owned();
     let limit = 3 * 1024 * 1024;
     let template = String::from_utf8(status_body(&[("wamid.BIG", "read", START)])).unwrap();
     let filler_len = limit - template.len() - r#","padding":"""#.len();
@@ -210,7 +213,8 @@ async fn bodies_up_to_3_mib_are_taken_and_larger_ones_refused() {
 async fn a_status_that_overtakes_the_graph_answer_is_kept() {
     let app = spawn_app().await;
     app.graph().queue(Answer::accepted("wamid.EARLY").after(Duration::from_millis(700)));
-    let send = app.send_code("+15550001234");
+    let number = fresh_number();
+    let send = app.send_code(&number);
     let race = async {
         // Wait for the send to reach the Graph API, then report a status
         // for it before the Graph API has answered.
@@ -240,7 +244,7 @@ async fn a_status_that_overtakes_the_graph_answer_is_kept() {
 async fn a_status_after_a_timed_out_send_is_matched_by_its_callback_data() {
     let app = spawn_app().await;
     app.graph().queue(Answer::accepted("wamid.SLOW").after(Duration::from_secs(3)));
-    let v = app.send_code("+15550001234").await;
+    let v = app.send_code(&fresh_number()).await;
     assert_eq!(v["delivery"]["error"]["title"], "Graph API timeout");
     let id = v["id"].as_str().unwrap();
     let body = json!({"entry": [{"changes": [{"field": "messages", "value": {"statuses": [

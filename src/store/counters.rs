@@ -1,0 +1,112 @@
+//! Counters for limits, one per window: the key starts with the window's
+//! end, so the sweeper drops ended windows with one range scan.
+
+use super::{finish, stop, time_key, Store, StoreError};
+use crate::clock::UnixTime;
+use crate::domain::Limit;
+
+/// What is counted. Subjects are keyed hashes of numbers, never numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    NumberSendsPerHour,
+    NumberSendsPerDay,
+    NumberFailedChecksPerHour,
+    DailySendBudget,
+}
+
+impl Counter {
+    fn tag(self) -> u8 {
+        match self {
+            Self::NumberSendsPerHour => 1,
+            Self::NumberSendsPerDay => 2,
+            Self::NumberFailedChecksPerHour => 3,
+            Self::DailySendBudget => 4,
+        }
+    }
+}
+
+/// A limit said no; it allows again in `retry_after` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub counter: Counter,
+    pub retry_after: i64,
+}
+
+fn key(counter: Counter, subject: &str, limit: Limit, now: UnixTime) -> Vec<u8> {
+    let mut suffix = vec![counter.tag()];
+    suffix.extend_from_slice(subject.as_bytes());
+    time_key(limit.window_end(now), &suffix)
+}
+
+fn read(bytes: Option<sled::IVec>) -> u64 {
+    bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
+}
+
+impl Store {
+    /// Counts one event against every `(counter, subject, limit)`, all or
+    /// nothing: if any is already at its maximum, nothing is counted and
+    /// the refusal with the longest wait is returned.
+    pub fn count(
+        &self,
+        hits: &[(Counter, &str, Limit)],
+        now: UnixTime,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        finish(self.counters.transaction(|tree| {
+            let mut refused: Option<Refused> = None;
+            let mut writes = Vec::with_capacity(hits.len());
+            for &(counter, subject, limit) in hits {
+                let key = key(counter, subject, limit, now);
+                let count = read(tree.get(&key)?);
+                if count >= limit.max {
+                    let wait = Refused { counter, retry_after: limit.retry_after(now) };
+                    if refused.is_none_or(|r| r.retry_after < wait.retry_after) {
+                        refused = Some(wait);
+                    }
+                }
+                writes.push((key, count + 1));
+            }
+            if let Some(refused) = refused {
+                return Err(stop(refused));
+            }
+            for (key, count) in writes {
+                tree.insert(key, &count.to_be_bytes())?;
+            }
+            Ok(())
+        }))
+    }
+
+    /// How many events the current window of a counter holds.
+    pub fn counted(
+        &self,
+        counter: Counter,
+        subject: &str,
+        limit: Limit,
+        now: UnixTime,
+    ) -> Result<u64, StoreError> {
+        Ok(read(self.counters.get(key(counter, subject, limit, now))?))
+    }
+
+    /// Counts one event, whatever the count already is.
+    pub fn add(
+        &self,
+        counter: Counter,
+        subject: &str,
+        limit: Limit,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.counters.update_and_fetch(key(counter, subject, limit, now), |old| {
+            Some((read(old.map(sled::IVec::from)) + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn purge_counters(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.counters.range(..time_key(now + 1, b"")) {
+            let (key, _) = item?;
+            self.counters.remove(key)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
