@@ -79,6 +79,13 @@ impl Keyring {
         hex::encode(hmac::sign(&self.current.number, phone.e164().as_bytes()).as_ref())
     }
 
+    /// The number's key under the previous code key, while one is set: a
+    /// verification created before the rotation is still found by it.
+    pub fn previous_number_key(&self, phone: &PhoneNumber) -> Option<String> {
+        let previous = self.previous.as_ref()?;
+        Some(hex::encode(hmac::sign(&previous.number, phone.e164().as_bytes()).as_ref()))
+    }
+
     pub fn code_tag(&self, id: &VerificationId, number_key: &str, code: &Code) -> Vec<u8> {
         self.codes.tag(id.as_str(), number_key, code)
     }

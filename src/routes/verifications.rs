@@ -105,16 +105,16 @@ fn respond(status: actix_web::http::StatusCode, v: &Verification, now: UnixTime)
         .json(VerificationView::new(v, now))
 }
 
-/// Counts a call against the caller's API key and address.
+/// Counts a call against its client: the API key it presents and the
+/// address it comes from, together. There is one API key today, so this
+/// is in effect a limit per address.
 fn throttle_client(state: &AppState, req: &HttpRequest, now: UnixTime) -> Result<(), ApiError> {
-    let refused =
-        |retry_after| ApiError::TooManyRequests { throttle: Throttle::Client, retry_after };
-    state.clients.hit("api-key", now).map_err(refused)?;
     let header = state.limits.trusted_proxy_header.as_deref();
-    if let Some(address) = client_address(req, header) {
-        state.clients.hit(&format!("address:{address}"), now).map_err(refused)?;
-    }
-    Ok(())
+    let address =
+        client_address(req, header).map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    state.clients.hit(&format!("api-key|{address}"), now).map_err(|retry_after| {
+        ApiError::TooManyRequests { throttle: Throttle::Client, retry_after }
+    })
 }
 
 /// The `Idempotency-Key` header, if the request has one.
@@ -156,7 +156,7 @@ pub async fn send_code(
     }
     check_country(&state, &to)?;
     let number_key = state.keys.number_key(&to);
-    if let Some(active) = state.store.active(&number_key, now)? {
+    if let Some(active) = find_active(&state, &to, &number_key, now)? {
         return resend(&state, &active, idempotency, now).await;
     }
 
@@ -176,6 +176,23 @@ pub async fn send_code(
     state.outbox.enqueue(v.id.clone(), 0);
     tracing::info!(verification_id = %v.id, "verification created");
     Ok(respond(actix_web::http::StatusCode::CREATED, &v, now))
+}
+
+/// The number's pending verification, if it has one; during a key
+/// rotation it may have been filed under the previous key.
+fn find_active(
+    state: &AppState,
+    to: &PhoneNumber,
+    number_key: &str,
+    now: UnixTime,
+) -> Result<Option<Verification>, ApiError> {
+    if let Some(active) = state.store.active(number_key, now)? {
+        return Ok(Some(active));
+    }
+    match state.keys.previous_number_key(to) {
+        Some(previous) => Ok(state.store.active(&previous, now)?),
+        None => Ok(None),
+    }
 }
 
 /// The same `Idempotency-Key` again: the same request gets the

@@ -100,8 +100,13 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 /// A second app on the same data directory and Graph API stand-in as
 /// `app`, which must be stopped first; its clock goes on from `app`'s.
 pub async fn restart(app: &TestApp) -> TestApp {
+    restart_with(app, &[]).await
+}
+
+/// Like `restart`, with other settings.
+pub async fn restart_with(app: &TestApp, extra: &[(&str, &str)]) -> TestApp {
     let graph = app.graph().clone();
-    let vars = live_vars(app.data_dir.path(), &graph, &[]);
+    let vars = live_vars(app.data_dir.path(), &graph, extra);
     start(vars, app.data_dir.clone(), Some(graph), Timing::default(), app.clock.now())
 }
 
@@ -193,6 +198,15 @@ impl TestApp {
 
     fn auth() -> String {
         format!("Bearer {API_KEY}")
+    }
+
+    /// send-code as the login backend calls it, with extra headers.
+    pub async fn send_code_reply(&self, to: &str, headers: &[(&str, &str)]) -> Reply {
+        let auth = Self::auth();
+        let mut all = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        let body = json!({ "to": to }).to_string().into_bytes();
+        self.request("POST", "/v1/verifications", &all, Some(body)).await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {

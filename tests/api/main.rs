@@ -1,6 +1,7 @@
 //! Integration tests: one binary, the real application on port 0 with a
 //! temporary store, talking HTTP to a stand-in of the Graph API.
 
+mod abuse;
 mod api_errors;
 mod check_code;
 mod corpus;
