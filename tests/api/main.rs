@@ -5,6 +5,7 @@ mod abuse;
 mod api_errors;
 mod check_code;
 mod corpus;
+mod durability;
 mod fixtures;
 mod graph_stub;
 mod helpers;
