@@ -45,6 +45,10 @@ pub enum ApiError {
     HandshakeRefused,
     #[error("{}", .throttle.detail())]
     TooManyRequests { throttle: Throttle, retry_after: i64 },
+    #[error("{0}")]
+    ChannelUnavailable(&'static str),
+    #[error("WhatsApp is switched off for a while: the business account cannot send")]
+    WhatsAppOff { retry_after: i64 },
     #[error("numbers of this country are not served")]
     CountryNotAllowed,
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
@@ -137,6 +141,8 @@ impl ApiError {
             Self::HandshakeRefused => ("handshake-refused", "Handshake refused"),
             Self::TooManyRequests { throttle, .. } => throttle.kind(),
             Self::CountryNotAllowed => ("country-not-allowed", "Country not allowed"),
+            Self::ChannelUnavailable(_) => ("channel-unavailable", "Channel unavailable"),
+            Self::WhatsAppOff { .. } => ("whatsapp-unavailable", "WhatsApp unavailable"),
             Self::InvalidIdempotencyKey => ("invalid-idempotency-key", "Invalid idempotency key"),
             Self::IdempotencyKeyReused => ("idempotency-key-reused", "Idempotency key reused"),
             Self::Store(_) => ("store-unavailable", "Store unavailable"),
@@ -166,6 +172,8 @@ impl ResponseError for ApiError {
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::CountryNotAllowed => StatusCode::FORBIDDEN,
+            Self::ChannelUnavailable(_) => StatusCode::BAD_REQUEST,
+            Self::WhatsAppOff { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +199,9 @@ impl ResponseError for ApiError {
                 _ => None,
             },
             retry_after: match self {
-                Self::TooManyRequests { retry_after, .. } => Some((*retry_after).max(1)),
+                Self::TooManyRequests { retry_after, .. } | Self::WhatsAppOff { retry_after } => {
+                    Some((*retry_after).max(1))
+                }
                 _ => None,
             },
         };
@@ -201,7 +211,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"waverify\""));
             }
-            Self::TooManyRequests { retry_after, .. } => {
+            Self::TooManyRequests { retry_after, .. } | Self::WhatsAppOff { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, (*retry_after).max(1).to_string()));
             }
             _ => {}

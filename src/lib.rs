@@ -8,10 +8,12 @@
 pub mod clock;
 pub mod domain;
 pub mod error;
+pub mod fallback;
 pub mod outbox;
 pub mod routes;
 pub mod sandbox;
 pub mod settings;
+pub mod sms;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

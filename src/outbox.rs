@@ -5,22 +5,32 @@
 //! shape and in time, whatever Meta will say about the number: whether a
 //! number is on WhatsApp shows only later, in the delivery status.
 //!
-//! A queued send stays in the store's outbox until the Graph API's answer
-//! is recorded; after a crash or restart, `Application::build` queues
-//! everything still there again (a send may then go out twice, never
-//! zero times).
+//! A queued send stays in the store's outbox until the provider's answer is
+//! recorded; after a crash or restart, `Application::build` queues
+//! everything still there again (a send may then go out twice, never zero
+//! times). The same worker runs the fallback of `auto` verifications to
+//! SMS when they are due.
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::clock::SharedClock;
-use crate::domain::{Keyring, SendOutcome, VerificationId, VerificationStatus};
-use crate::settings::GraphSettings;
-use crate::store::Store;
-use crate::whatsapp::{GraphClient, SendError};
+use crate::domain::{
+    Channel, Code, DeliveryError, Keyring, PhoneNumber, SendOutcome, VerificationId,
+    VerificationStatus,
+};
+use crate::fallback;
+use crate::settings::{FallbackSettings, GraphSettings, SmsSettings};
+use crate::sms::{SmsClient, SmsError};
+use crate::store::{Store, StoreError};
+use crate::whatsapp::{ErrorClass, GraphClient, SendError};
+
+/// Wait before the one retry of a transient failure.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 struct Job {
     id: VerificationId,
@@ -32,28 +42,57 @@ pub struct Outbox {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
+/// What the worker needs besides its jobs.
+pub struct OutboxConfig {
+    pub graph: GraphSettings,
+    pub sms: Option<SmsSettings>,
+    pub fallback: FallbackSettings,
+    /// How often due fallbacks are looked for.
+    pub tick: Duration,
+}
+
+struct Worker {
+    store: Store,
+    keys: Arc<Keyring>,
+    clock: SharedClock,
+    graph: GraphClient,
+    sms: Option<SmsClient>,
+    fallback: FallbackSettings,
+}
+
 impl Outbox {
     pub fn start(
         store: Store,
         keys: Arc<Keyring>,
         clock: SharedClock,
-        graph: GraphSettings,
+        config: OutboxConfig,
     ) -> std::io::Result<Self> {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
         thread::Builder::new().name("waverify-outbox".into()).spawn(move || {
             // awc's client is not `Send`: it lives on this thread's own
             // single-threaded runtime, and every send runs there.
             actix_web::rt::System::new().block_on(async move {
-                let client = Rc::new(GraphClient::new(&graph));
+                let worker = Rc::new(Worker {
+                    store,
+                    keys,
+                    clock,
+                    graph: GraphClient::new(&config.graph),
+                    sms: config.sms.as_ref().map(SmsClient::new),
+                    fallback: config.fallback,
+                });
+                let ticker = worker.clone();
+                let tick = actix_web::rt::spawn(async move {
+                    loop {
+                        actix_web::rt::time::sleep(config.tick).await;
+                        ticker.run_due_fallbacks().await;
+                    }
+                });
+                // Ends when the `Outbox` is dropped, with the application.
                 while let Some(job) = queue.recv().await {
-                    let sender = Sender {
-                        store: store.clone(),
-                        keys: keys.clone(),
-                        clock: clock.clone(),
-                        client: client.clone(),
-                    };
-                    actix_web::rt::spawn(async move { sender.send(job).await });
+                    let worker = worker.clone();
+                    actix_web::rt::spawn(async move { worker.send(job).await });
                 }
+                tick.abort();
             });
         })?;
         Ok(Self { jobs })
@@ -66,69 +105,175 @@ impl Outbox {
     }
 }
 
-struct Sender {
-    store: Store,
-    keys: Arc<Keyring>,
-    clock: SharedClock,
-    client: Rc<GraphClient>,
+/// A send's failure, whichever provider it came from.
+enum Failed {
+    WhatsApp(SendError),
+    Sms(SmsError),
+    Unavailable(&'static str),
 }
 
-impl Sender {
-    async fn send(self, job: Job) {
+impl Failed {
+    fn transient(&self) -> bool {
+        match self {
+            Self::WhatsApp(e) => {
+                e.class() == ErrorClass::Transient && !matches!(e, SendError::Timeout(_))
+            }
+            Self::Sms(e) => e.is_transient(),
+            Self::Unavailable(_) => false,
+        }
+    }
+
+    fn outcome(&self) -> SendOutcome {
+        match self {
+            Self::WhatsApp(e) => {
+                SendOutcome::Failed { error: e.to_delivery_error(), definitive: e.is_definitive() }
+            }
+            Self::Sms(e) => {
+                SendOutcome::Failed { error: e.to_delivery_error(), definitive: e.is_definitive() }
+            }
+            Self::Unavailable(why) => SendOutcome::Failed {
+                error: DeliveryError { code: None, title: (*why).into(), details: None },
+                definitive: true,
+            },
+        }
+    }
+}
+
+impl Worker {
+    async fn send(&self, job: Job) {
         if let Err(error) = self.try_send(&job).await {
             tracing::error!(verification_id = %job.id, %error, "send not recorded; it stays queued");
         }
     }
 
-    async fn try_send(&self, job: &Job) -> Result<(), crate::store::StoreError> {
+    async fn try_send(&self, job: &Job) -> Result<(), StoreError> {
         let Some(v) = self.store.get(&job.id)? else {
             return self.store.unqueue(&job.id, job.index);
         };
         let now = self.clock.now();
+        let channel = v.sends.get(job.index).map(|a| a.channel);
         let secret = v.secret.as_deref().and_then(|sealed| self.keys.open(&v.id, sealed));
-        let (true, Some(secret)) = (v.status_at(now) == VerificationStatus::Pending, secret) else {
+        let pending = v.status_at(now) == VerificationStatus::Pending;
+        let (true, Some(channel), Some(secret)) = (pending, channel, secret) else {
             // Over before it could be sent, or sealed under a key that was
             // since removed: nothing can be sent.
             tracing::info!(verification_id = %job.id, "queued send dropped: the verification is over");
             return self.store.unqueue(&job.id, job.index);
         };
-        let result = self.client.send_code(&secret.to, &secret.code, &v.id).await;
-        let outcome = match result {
-            Ok(sent) => {
+        let Some(code) = secret.code(channel) else {
+            return self.store.unqueue(&job.id, job.index);
+        };
+        let mut result = self.deliver(channel, &secret.to, code, &v.id).await;
+        if result.as_ref().is_err_and(Failed::transient) {
+            actix_web::rt::time::sleep(RETRY_AFTER).await;
+            result = self.deliver(channel, &secret.to, code, &v.id).await;
+        }
+        let outcome = match &result {
+            Ok(message_id) => SendOutcome::Accepted { message_id: message_id.clone() },
+            Err(failed) => {
+                log_failure(&v.id, channel, failed);
+                failed.outcome()
+            }
+        };
+        let now = self.clock.now();
+        self.store.record_send(&job.id, job.index, &outcome, now)?;
+        if let (Err(failed), Channel::Whatsapp) = (&result, channel) {
+            let code = match failed {
+                Failed::WhatsApp(SendError::Meta { code, .. }) => Some(*code),
+                _ => None,
+            };
+            fallback::whatsapp_failed(
+                &self.store,
+                &self.fallback,
+                &v.id,
+                &v.number_key,
+                code,
+                now,
+            )?;
+        }
+        self.store.commit().await
+    }
+
+    async fn deliver(
+        &self,
+        channel: Channel,
+        to: &PhoneNumber,
+        code: &Code,
+        id: &VerificationId,
+    ) -> Result<String, Failed> {
+        match channel {
+            Channel::Whatsapp => {
+                if self.store.whatsapp_off_until(self.clock.now()).ok().flatten().is_some() {
+                    return Err(Failed::Unavailable("WhatsApp is switched off"));
+                }
+                let sent = self.graph.send_code(to, code, id).await.map_err(Failed::WhatsApp)?;
                 if sent.message_status.as_deref().is_some_and(|s| s != "accepted") {
                     tracing::warn!(
-                        verification_id = %v.id,
+                        verification_id = %id,
                         message_status = sent.message_status.as_deref(),
                         "graph api holds the message"
                     );
                 }
-                SendOutcome::Accepted { message_id: sent.message_id }
+                Ok(sent.message_id)
             }
-            Err(error) => {
-                log_failure(&v.id, &error);
-                SendOutcome::Failed {
-                    error: error.to_delivery_error(),
-                    definitive: error.is_definitive(),
-                }
+            Channel::Sms => match &self.sms {
+                Some(sms) => sms.send_code(to, code, id).await.map_err(Failed::Sms),
+                None => Err(Failed::Unavailable("SMS is not configured")),
+            },
+        }
+    }
+
+    async fn run_due_fallbacks(self: &Rc<Self>) {
+        if let Err(error) = self.try_due_fallbacks().await {
+            tracing::warn!(%error, "fallbacks not run; retrying at the next tick");
+        }
+    }
+
+    async fn try_due_fallbacks(self: &Rc<Self>) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let due = self.store.due_fallbacks(now)?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let off = self.store.whatsapp_off_until(now)?.is_some();
+        let mut queued = Vec::new();
+        for id in due {
+            if let Some((v, index)) = self.store.fall_back(&id, now, off)? {
+                tracing::info!(verification_id = %v.id, "whatsapp did not deliver: falling back to sms");
+                queued.push(Job { id, index });
             }
-        };
-        self.store.record_send(&job.id, job.index, &outcome, self.clock.now())?;
-        self.store.commit().await
+        }
+        self.store.commit().await?;
+        for job in queued {
+            let worker = self.clone();
+            actix_web::rt::spawn(async move { worker.send(job).await });
+        }
+        Ok(())
     }
 }
 
-fn log_failure(id: &VerificationId, error: &SendError) {
-    let class = error.class();
-    let (code, http_status, fbtrace_id) = match error {
-        SendError::Meta { code, http_status, fbtrace_id, .. } => {
-            (Some(*code), Some(*http_status), fbtrace_id.as_deref())
+fn log_failure(id: &VerificationId, channel: Channel, failed: &Failed) {
+    match failed {
+        Failed::WhatsApp(error) => {
+            let class = error.class();
+            let (code, http_status, fbtrace_id) = match error {
+                SendError::Meta { code, http_status, fbtrace_id, .. } => {
+                    (Some(*code), Some(*http_status), fbtrace_id.as_deref())
+                }
+                SendError::BadAnswer { http_status, .. } => (None, Some(*http_status), None),
+                SendError::Timeout(_) | SendError::Unreachable(_) => (None, None, None),
+            };
+            if class.needs_operator() {
+                tracing::error!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "whatsapp send refused: check the configuration");
+            } else {
+                tracing::warn!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "whatsapp send failed");
+            }
         }
-        SendError::BadAnswer { http_status, .. } => (None, Some(*http_status), None),
-        SendError::Timeout(_) | SendError::Unreachable(_) => (None, None, None),
-    };
-    if class.needs_operator() {
-        tracing::error!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "send refused: check the configuration");
-    } else {
-        tracing::warn!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "send failed");
+        Failed::Sms(error) => {
+            tracing::warn!(verification_id = %id, reason = %error, "sms send failed");
+        }
+        Failed::Unavailable(why) => {
+            tracing::warn!(verification_id = %id, ?channel, reason = why, "send not attempted");
+        }
     }
 }

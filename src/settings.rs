@@ -66,6 +66,9 @@ pub struct Settings {
     pub app_secret: Secret,
     pub app_secret_previous: Option<Secret>,
     pub limits: LimitSettings,
+    /// The SMS provider; `None` when none is configured (live mode only).
+    pub sms: Option<SmsSettings>,
+    pub fallback: FallbackSettings,
     /// Seconds a verification is kept after it expires, then deleted.
     pub retention: Duration,
     /// Time a client has to send a request's headers, and then its body.
@@ -73,6 +76,41 @@ pub struct Settings {
     pub log_filter: String,
     /// Variables that were unset and got a development value (sandbox only).
     pub development_defaults: Vec<&'static str>,
+}
+
+/// Twilio's Messages API.
+#[derive(Debug, Clone)]
+pub struct SmsSettings {
+    /// Scheme and host, no trailing slash. In sandbox mode this is replaced
+    /// by the stand-in's address once the listener is bound.
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: Secret,
+    pub from: String,
+    /// The address the provider and Meta reach waverify at; `None` in
+    /// sandbox mode until the listener is bound.
+    pub public_url: Option<String>,
+    pub timeout: Duration,
+}
+
+impl SmsSettings {
+    /// Where the provider posts delivery statuses, and the URL its
+    /// signatures are computed over.
+    pub fn callback_url(&self) -> String {
+        format!("{}/webhook/sms", self.public_url.as_deref().unwrap_or(""))
+    }
+}
+
+/// When `auto` verifications leave WhatsApp for SMS.
+#[derive(Debug, Clone, Copy)]
+pub struct FallbackSettings {
+    /// Seconds WhatsApp has to report `delivered`.
+    pub after: i64,
+    /// Seconds a number that is not on WhatsApp goes straight to SMS.
+    pub not_on_whatsapp_memory: i64,
+    /// Seconds WhatsApp stays off for everyone once the business account
+    /// is in trouble.
+    pub breaker_cooldown: i64,
 }
 
 /// Limits against toll fraud and guessing. Every one is configurable.
@@ -118,7 +156,12 @@ pub mod sandbox_defaults {
     pub const ACCESS_TOKEN: &str = "sandbox-access-token";
     pub const PHONE_NUMBER_ID: &str = "100000000000001";
     pub const TEMPLATE: &str = "waverify_code";
+    pub const TWILIO_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+    pub const TWILIO_AUTH_TOKEN: &str = "sandbox-twilio-auth-token";
+    pub const SMS_FROM: &str = "+15550000000";
 }
+
+pub const DEFAULT_SMS_URL: &str = "https://api.twilio.com";
 
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.facebook.com";
 pub const DEFAULT_GRAPH_VERSION: &str = "v23.0";
@@ -159,6 +202,26 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (
         "WAVERIFY_TRUSTED_PROXY_HEADER",
         "header a trusted proxy puts the client address in (e.g. X-Forwarded-For)",
+    ),
+    ("WAVERIFY_SMS_URL", "SMS provider API base URL (default https://api.twilio.com)"),
+    (
+        "WAVERIFY_PUBLIC_URL",
+        "the URL Meta and the SMS provider reach waverify at (for SMS status callbacks)",
+    ),
+    ("WAVERIFY_TWILIO_ACCOUNT_SID", "Twilio account SID; set it to enable SMS in live mode"),
+    ("WAVERIFY_TWILIO_AUTH_TOKEN", "Twilio auth token (API auth and callback signatures)"),
+    ("WAVERIFY_SMS_FROM", "the number (or MG... messaging service SID) SMS are sent from"),
+    (
+        "WAVERIFY_FALLBACK_AFTER",
+        "seconds WhatsApp has to deliver before auto falls back to SMS (default 30)",
+    ),
+    (
+        "WAVERIFY_NOT_ON_WHATSAPP_MEMORY",
+        "seconds a number not on WhatsApp goes straight to SMS (default 604800)",
+    ),
+    (
+        "WAVERIFY_BREAKER_COOLDOWN",
+        "seconds WhatsApp stays off after the account is blocked (default 300)",
     ),
     ("WAVERIFY_RETENTION", "seconds a verification is kept after it expires (default 86400)"),
     (
@@ -249,6 +312,7 @@ impl Settings {
         })?;
         let data_dir = flags.data_dir.as_deref().or(get("WAVERIFY_DATA_DIR")).unwrap_or("./data");
 
+        let graph_timeout = seconds(get, "WAVERIFY_GRAPH_TIMEOUT", 10, 1..=60)?;
         let graph = GraphSettings {
             base_url: graph_url(get("WAVERIFY_GRAPH_URL").unwrap_or(DEFAULT_GRAPH_URL))?,
             version: checked(
@@ -283,7 +347,7 @@ impl Settings {
                 },
                 "must be a language code such as en_US or pt_BR",
             )?,
-            timeout: seconds(get, "WAVERIFY_GRAPH_TIMEOUT", 10, 1..=60)?,
+            timeout: graph_timeout,
         };
 
         Ok(Self {
@@ -346,11 +410,91 @@ impl Settings {
                     })
                     .transpose()?,
             },
+            sms: sms_settings(mode, &get, graph_timeout)?,
+            fallback: FallbackSettings {
+                after: number(get, "WAVERIFY_FALLBACK_AFTER", 30, 5..=600)? as i64,
+                not_on_whatsapp_memory: number(
+                    get,
+                    "WAVERIFY_NOT_ON_WHATSAPP_MEMORY",
+                    7 * 86_400,
+                    0..=90 * 86_400,
+                )? as i64,
+                breaker_cooldown: number(get, "WAVERIFY_BREAKER_COOLDOWN", 300, 10..=86_400)?
+                    as i64,
+            },
             retention: seconds(get, "WAVERIFY_RETENTION", 86_400, 60..=30 * 86_400)?,
             request_timeout: seconds(get, "WAVERIFY_REQUEST_TIMEOUT", 10, 1..=120)?,
             log_filter: get("WAVERIFY_LOG").unwrap_or("info").to_owned(),
             development_defaults: defaults,
         })
+    }
+}
+
+fn sms_settings<'a>(
+    mode: Mode,
+    get: &impl Fn(&str) -> Option<&'a str>,
+    timeout: Duration,
+) -> Result<Option<SmsSettings>, ConfigError> {
+    use sandbox_defaults as dev;
+    let public_url = get("WAVERIFY_PUBLIC_URL")
+        .map(|raw| base_url("WAVERIFY_PUBLIC_URL", raw, "https://abc123.ngrok-free.app"))
+        .transpose()?;
+    let base = base_url(
+        "WAVERIFY_SMS_URL",
+        get("WAVERIFY_SMS_URL").unwrap_or(DEFAULT_SMS_URL),
+        DEFAULT_SMS_URL,
+    )?;
+    let Some(sid) = get("WAVERIFY_TWILIO_ACCOUNT_SID") else {
+        return Ok((mode == Mode::Sandbox).then(|| SmsSettings {
+            base_url: String::new(),
+            account_sid: dev::TWILIO_ACCOUNT_SID.into(),
+            auth_token: Secret::new(dev::TWILIO_AUTH_TOKEN),
+            from: dev::SMS_FROM.into(),
+            public_url: public_url.clone(),
+            timeout,
+        }));
+    };
+    let sid = checked(
+        "WAVERIFY_TWILIO_ACCOUNT_SID",
+        sid,
+        |v| v.len() == 34 && v.starts_with("AC") && v[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "must be a Twilio account SID: AC and 32 hex digits",
+    )?;
+    let required = |name: &'static str| {
+        get(name).ok_or_else(|| invalid(name, "must be set when WAVERIFY_TWILIO_ACCOUNT_SID is"))
+    };
+    let token = required("WAVERIFY_TWILIO_AUTH_TOKEN")?;
+    let from = checked(
+        "WAVERIFY_SMS_FROM",
+        required("WAVERIFY_SMS_FROM")?,
+        |v| crate::domain::PhoneNumber::parse(v).is_ok() || (v.starts_with("MG") && v.len() == 34),
+        "must be an E.164 number or a messaging service SID (MG...)",
+    )?;
+    if public_url.is_none() {
+        return Err(invalid(
+            "WAVERIFY_PUBLIC_URL",
+            "must be set when WAVERIFY_TWILIO_ACCOUNT_SID is",
+        ));
+    }
+    Ok(Some(SmsSettings {
+        base_url: if mode == Mode::Sandbox { String::new() } else { base },
+        account_sid: sid,
+        auth_token: Secret::new(token),
+        from,
+        public_url,
+        timeout,
+    }))
+}
+
+fn base_url(variable: &'static str, raw: &str, example: &str) -> Result<String, ConfigError> {
+    let url = raw.trim_end_matches('/');
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ']) => Ok(url.to_owned()),
+        _ => Err(invalid(
+            variable,
+            format!("must be an http:// or https:// base URL such as {example}, got {raw:?}"),
+        )),
     }
 }
 
@@ -405,17 +549,7 @@ fn is_graph_version(v: &str) -> bool {
 }
 
 fn graph_url(raw: &str) -> Result<String, ConfigError> {
-    let url = raw.trim_end_matches('/');
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ']) => Ok(url.to_owned()),
-        _ => Err(invalid(
-            "WAVERIFY_GRAPH_URL",
-            format!(
-                "must be an http:// or https:// base URL such as {DEFAULT_GRAPH_URL}, got {raw:?}"
-            ),
-        )),
-    }
+    base_url("WAVERIFY_GRAPH_URL", raw, DEFAULT_GRAPH_URL)
 }
 
 fn number<'a>(

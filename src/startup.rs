@@ -63,13 +63,16 @@ impl Application {
             Mode::Sandbox => {
                 let local = reachable(address);
                 settings.graph.base_url = format!("http://{local}/sandbox/graph");
+                if let Some(sms) = &mut settings.sms {
+                    if sms.base_url.is_empty() {
+                        sms.base_url = format!("http://{local}/sandbox/sms");
+                    }
+                    sms.public_url.get_or_insert_with(|| format!("http://{local}"));
+                }
                 Some(Arc::new(Sandbox::new(
+                    &settings,
                     options.sandbox_timing,
                     format!("http://{local}/webhook"),
-                    settings.app_secret.clone(),
-                    settings.graph.access_token.clone(),
-                    settings.graph.template.clone(),
-                    settings.graph.template_lang.clone(),
                     options.clock.clone(),
                 )))
             }

@@ -19,18 +19,32 @@ use std::fmt;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{aead, hkdf, hmac};
 
-use crate::domain::{Code, CodeHasher, PhoneNumber, VerificationId};
+use crate::domain::{Channel, Code, CodeHasher, PhoneNumber, VerificationId};
 
-/// What must be kept to send a code again.
+/// What must be kept to send a code again: the number, and the code of
+/// each channel the verification may use.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SendSecret {
     pub to: PhoneNumber,
-    pub code: Code,
+    pub codes: Vec<(Channel, Code)>,
+}
+
+impl SendSecret {
+    pub fn code(&self, channel: Channel) -> Option<&Code> {
+        self.codes.iter().find(|(c, _)| *c == channel).map(|(_, code)| code)
+    }
 }
 
 impl fmt::Debug for SendSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendSecret").field("to", &self.to).field("code", &self.code).finish()
+        f.debug_struct("SendSecret").field("to", &self.to).field("codes", &self.codes).finish()
+    }
+}
+
+fn channel_name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Whatsapp => "whatsapp",
+        Channel::Sms => "sms",
     }
 }
 
@@ -110,7 +124,14 @@ impl Keyring {
     ) -> Result<Vec<u8>, ring::error::Unspecified> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce)?;
-        let mut buffer = format!("{}\0{}", secret.to.e164(), secret.code.expose()).into_bytes();
+        let mut text = secret.to.e164().to_owned();
+        for (channel, code) in &secret.codes {
+            text.push('\0');
+            text.push_str(channel_name(*channel));
+            text.push('=');
+            text.push_str(code.expose());
+        }
+        let mut buffer = text.into_bytes();
         self.current.seal.seal_in_place_append_tag(
             aead::Nonce::assume_unique_for_key(nonce),
             aead::Aad::from(id.as_str().as_bytes()),
@@ -127,8 +148,18 @@ impl Keyring {
             let aad = aead::Aad::from(id.as_str().as_bytes());
             let plain = keys.seal.open_in_place(nonce, aad, &mut buffer).ok()?;
             let text = std::str::from_utf8(plain).ok()?;
-            let (to, code) = text.split_once('\0')?;
-            Some(SendSecret { to: PhoneNumber::parse(to).ok()?, code: Code::parse(code).ok()? })
+            let mut parts = text.split('\0');
+            let to = PhoneNumber::parse(parts.next()?).ok()?;
+            let codes = parts
+                .map(|part| {
+                    let (name, code) = part.split_once('=')?;
+                    let channel = [Channel::Whatsapp, Channel::Sms]
+                        .into_iter()
+                        .find(|c| channel_name(*c) == name)?;
+                    Some((channel, Code::parse(code).ok()?))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(SendSecret { to, codes })
         })
     }
 }
@@ -144,7 +175,10 @@ mod tests {
     fn secret() -> SendSecret {
         SendSecret {
             to: PhoneNumber::parse("+15550001234").unwrap(),
-            code: Code::parse("042042").unwrap(),
+            codes: vec![
+                (Channel::Whatsapp, Code::parse("042042").unwrap()),
+                (Channel::Sms, Code::parse("917263").unwrap()),
+            ],
         }
     }
 
@@ -166,16 +200,16 @@ mod tests {
     fn rotation_keeps_old_seals_and_tags_readable() {
         let old = Keyring::new(b"old-code-key-that-is-long-enough-00", None);
         let sealed = old.seal(&id(1), &secret()).unwrap();
-        let tag = old.code_tag(&id(1), "nk", &secret().code);
+        let tag = old.code_tag(&id(1), "nk", &secret().codes[0].1);
         let rotated = Keyring::new(
             b"new-code-key-that-is-long-enough-00",
             Some(b"old-code-key-that-is-long-enough-00"),
         );
         assert_eq!(rotated.open(&id(1), &sealed), Some(secret()));
-        assert!(rotated.code_matches(&id(1), "nk", &secret().code, &tag));
+        assert!(rotated.code_matches(&id(1), "nk", &secret().codes[0].1, &tag));
         let done = Keyring::new(b"new-code-key-that-is-long-enough-00", None);
         assert_eq!(done.open(&id(1), &sealed), None);
-        assert!(!done.code_matches(&id(1), "nk", &secret().code, &tag));
+        assert!(!done.code_matches(&id(1), "nk", &secret().codes[0].1, &tag));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub use keys::{Keyring, SendSecret};
 pub use limits::Limit;
 pub use phone::{PhoneError, PhoneNumber};
 pub use verification::{
-    Attempt, Channel, CheckOutcome, Delivery, DeliveryError, DeliveryStatus, SendOutcome,
-    StatusEvent, Verification, VerificationId, VerificationStatus,
+    Attempt, Channel, ChannelChoice, CheckOutcome, CodeTag, Delivery, DeliveryError,
+    DeliveryStatus, NewVerification, Purpose, SendOutcome, StatusEvent, Verification,
+    VerificationId, VerificationStatus,
 };

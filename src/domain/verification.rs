@@ -207,10 +207,60 @@ pub struct Attempt {
     pub delivery: Delivery,
 }
 
+/// Where one send goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Whatsapp,
+    Sms,
+}
+
+/// What the login backend asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelChoice {
+    #[default]
+    Whatsapp,
+    Sms,
+    /// WhatsApp first, SMS when WhatsApp cannot deliver.
+    Auto,
+}
+
+/// Why the number is being verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    #[default]
+    Login,
+    /// Confirming by SMS a number that will get its login codes over
+    /// WhatsApp from then on.
+    EnrolWhatsapp,
+}
+
+/// The keyed hash of the code sent on one channel. Each channel gets its
+/// own code, so an approval tells which channel's code the user typed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeTag {
+    pub channel: Channel,
+    #[serde(with = "hex_bytes")]
+    pub tag: Vec<u8>,
+}
+
+/// Everything a new verification starts from.
+pub struct NewVerification {
+    pub id: VerificationId,
+    pub to_masked: String,
+    pub number_key: String,
+    pub code_tags: Vec<CodeTag>,
+    pub secret: Vec<u8>,
+    pub choice: ChannelChoice,
+    pub purpose: Purpose,
+    pub first_channel: Channel,
+    pub now: UnixTime,
+    pub ttl_seconds: i64,
+    pub max_attempts: u32,
+    /// For `auto`, how long WhatsApp has to deliver before SMS takes over.
+    pub fallback_after: Option<i64>,
 }
 
 /// What the Graph API said to one send.
@@ -235,9 +285,15 @@ pub struct Verification {
     pub to_masked: String,
     /// A keyed hash of the number: what limits count by.
     pub number_key: String,
-    #[serde(with = "hex_bytes")]
-    pub code_tag: Vec<u8>,
-    /// The number and the code, sealed; needed only to send again, and
+    pub code_tags: Vec<CodeTag>,
+    pub choice: ChannelChoice,
+    pub purpose: Purpose,
+    /// Which channel's code approved the verification.
+    pub approved_channel: Option<Channel>,
+    /// For `auto`: when SMS takes over if WhatsApp has not delivered;
+    /// `None` once it has, or when there is nothing to fall back to.
+    pub fallback_at: Option<UnixTime>,
+    /// The number and the codes, sealed; needed only to send again, and
     /// dropped as soon as the verification is over.
     #[serde(default, with = "opt_hex_bytes")]
     pub secret: Option<Vec<u8>>,
@@ -254,30 +310,31 @@ pub struct Verification {
 }
 
 impl Verification {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: VerificationId,
-        to_masked: String,
-        number_key: String,
-        code_tag: Vec<u8>,
-        secret: Vec<u8>,
-        now: UnixTime,
-        ttl_seconds: i64,
-        max_attempts: u32,
-    ) -> Self {
+    pub fn new(n: NewVerification) -> Self {
+        let fallback_at = match (n.choice, n.first_channel, n.fallback_after) {
+            (ChannelChoice::Auto, Channel::Whatsapp, Some(after)) => {
+                // Never past the code's expiry: a fallback then is useless.
+                Some((n.now + after).min(n.now + n.ttl_seconds - 1))
+            }
+            _ => None,
+        };
         Self {
-            id,
-            to_masked,
-            number_key,
-            code_tag,
-            secret: Some(secret),
-            created_at: now,
-            expires_at: now + ttl_seconds,
-            attempts_left: max_attempts,
+            id: n.id,
+            to_masked: n.to_masked,
+            number_key: n.number_key,
+            code_tags: n.code_tags,
+            choice: n.choice,
+            purpose: n.purpose,
+            approved_channel: None,
+            fallback_at,
+            secret: Some(n.secret),
+            created_at: n.now,
+            expires_at: n.now + n.ttl_seconds,
+            attempts_left: n.max_attempts,
             status: VerificationStatus::Pending,
             sends: vec![Attempt {
-                channel: Channel::Whatsapp,
-                sent_at: now,
+                channel: n.first_channel,
+                sent_at: n.now,
                 delivery: Delivery::queued(),
             }],
             idempotency_keys: Vec::new(),
@@ -308,15 +365,17 @@ impl Verification {
     fn finish(&mut self, status: VerificationStatus) {
         self.status = status;
         self.secret = None;
+        self.fallback_at = None;
     }
 
-    /// Counts one check. `code_matches` must come from a constant-time
-    /// comparison. A verification that is no longer pending refuses the
-    /// check and reports its status, so a code can never approve twice.
+    /// Counts one check. `matched` is the channel whose code was typed,
+    /// found by constant-time comparisons, or `None` for a wrong code. A
+    /// verification that is no longer pending refuses the check and reports
+    /// its status, so a code can never approve twice.
     pub fn check(
         &mut self,
         now: UnixTime,
-        code_matches: bool,
+        matched: Option<Channel>,
     ) -> Result<CheckOutcome, VerificationStatus> {
         match self.status_at(now) {
             VerificationStatus::Pending => {}
@@ -325,7 +384,8 @@ impl Verification {
                 return Err(other);
             }
         }
-        if code_matches {
+        if let Some(channel) = matched {
+            self.approved_channel = Some(channel);
             self.finish(VerificationStatus::Approved);
             return Ok(CheckOutcome::Approved);
         }
@@ -360,14 +420,41 @@ impl Verification {
         }
     }
 
-    /// Starts another send of the same code.
+    /// Starts another send of the same code on the latest send's channel.
     pub fn add_send(&mut self, now: UnixTime) -> usize {
-        self.sends.push(Attempt {
-            channel: Channel::Whatsapp,
-            sent_at: now,
-            delivery: Delivery::queued(),
-        });
+        let channel = self.sends.last().map_or(Channel::Whatsapp, |a| a.channel);
+        self.add_send_on(channel, now)
+    }
+
+    fn add_send_on(&mut self, channel: Channel, now: UnixTime) -> usize {
+        self.sends.push(Attempt { channel, sent_at: now, delivery: Delivery::queued() });
         self.sends.len() - 1
+    }
+
+    /// Whether an `auto` verification should go to SMS now: it is pending,
+    /// has not gone to SMS yet, no WhatsApp send was delivered or read, and
+    /// either the deadline passed, a WhatsApp send failed, or WhatsApp is
+    /// switched off. A `delivered` that comes after the SMS went out
+    /// changes nothing: the SMS is never recalled, and never sent twice.
+    pub fn fallback_due(&self, now: UnixTime, whatsapp_off: bool) -> bool {
+        let Some(deadline) = self.fallback_at else { return false };
+        let whatsapp = || self.sends.iter().filter(|a| a.channel == Channel::Whatsapp);
+        self.status_at(now) == VerificationStatus::Pending
+            && !self.sends.iter().any(|a| a.channel == Channel::Sms)
+            && !whatsapp().any(|a| a.delivery.status >= DeliveryStatus::Delivered)
+            && (now >= deadline
+                || whatsapp_off
+                || whatsapp().any(|a| a.delivery.status == DeliveryStatus::Failed))
+    }
+
+    /// Sends the SMS code, if a fallback is due; returns the new send's
+    /// index.
+    pub fn fall_back(&mut self, now: UnixTime, whatsapp_off: bool) -> Option<usize> {
+        if !self.fallback_due(now, whatsapp_off) {
+            return None;
+        }
+        self.fallback_at = None;
+        Some(self.add_send_on(Channel::Sms, now))
     }
 
     /// Records what the Graph API said to send number `index`.
@@ -386,8 +473,9 @@ impl Verification {
                     timestamp: now,
                     error: Some(error.clone()),
                 });
-                // The code cannot arrive when the only send was refused.
-                let nothing_else_out = self.sends.len() == 1;
+                // The code cannot arrive when the only send was refused and
+                // there is no other channel to try.
+                let nothing_else_out = self.sends.len() == 1 && self.fallback_at.is_none();
                 if *definitive && nothing_else_out && self.status == VerificationStatus::Pending {
                     self.finish(VerificationStatus::Failed);
                 }
@@ -411,6 +499,15 @@ impl Verification {
         let i = self.sends.iter().rposition(|a| a.delivery.message_id.is_none())?;
         self.sends[i].delivery.message_id = Some(message_id.to_owned());
         Some(i)
+    }
+
+    /// The key under which a number's pending verification is found: one
+    /// per number and purpose, so an enrolment and a login do not collide.
+    pub fn active_key(number_key: &str, purpose: Purpose) -> String {
+        match purpose {
+            Purpose::Login => number_key.to_owned(),
+            Purpose::EnrolWhatsapp => format!("{number_key}|enrol"),
+        }
     }
 
     pub fn message_ids(&self) -> impl Iterator<Item = &str> {
@@ -451,10 +548,25 @@ mod opt_hex_bytes {
 mod tests {
     use super::*;
 
+    fn new(choice: ChannelChoice, max_attempts: u32) -> Verification {
+        Verification::new(NewVerification {
+            id: VerificationId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            to_masked: "+1555*****234".to_owned(),
+            number_key: "nk".into(),
+            code_tags: vec![CodeTag { channel: Channel::Whatsapp, tag: vec![1, 2, 3] }],
+            secret: vec![9],
+            choice,
+            purpose: Purpose::Login,
+            first_channel: Channel::Whatsapp,
+            now: 1_000,
+            ttl_seconds: 600,
+            max_attempts,
+            fallback_after: Some(30),
+        })
+    }
+
     fn verification(max_attempts: u32) -> Verification {
-        let id = VerificationId::parse("0123456789abcdef0123456789abcdef").unwrap();
-        let masked = "+1555*****234".to_owned();
-        Verification::new(id, masked, "nk".into(), vec![1, 2, 3], vec![9], 1_000, 600, max_attempts)
+        new(ChannelChoice::Whatsapp, max_attempts)
     }
 
     fn event(status: DeliveryStatus, timestamp: i64) -> StatusEvent {
@@ -469,18 +581,21 @@ mod tests {
     #[test]
     fn right_code_approves_once_and_drops_the_secret() {
         let mut v = verification(5);
-        assert_eq!(v.check(1_001, true), Ok(CheckOutcome::Approved));
+        assert_eq!(v.check(1_001, Some(Channel::Whatsapp)), Ok(CheckOutcome::Approved));
         assert_eq!(v.secret, None);
-        assert_eq!(v.check(1_002, true), Err(VerificationStatus::Approved));
+        assert_eq!(v.check(1_002, Some(Channel::Whatsapp)), Err(VerificationStatus::Approved));
     }
 
     #[test]
     fn wrong_codes_run_out() {
         let mut v = verification(3);
-        assert_eq!(v.check(1_001, false), Ok(CheckOutcome::Wrong { attempts_left: 2 }));
-        assert_eq!(v.check(1_001, false), Ok(CheckOutcome::Wrong { attempts_left: 1 }));
-        assert_eq!(v.check(1_001, false), Ok(CheckOutcome::Exhausted));
-        assert_eq!(v.check(1_001, true), Err(VerificationStatus::MaxAttemptsReached));
+        assert_eq!(v.check(1_001, None), Ok(CheckOutcome::Wrong { attempts_left: 2 }));
+        assert_eq!(v.check(1_001, None), Ok(CheckOutcome::Wrong { attempts_left: 1 }));
+        assert_eq!(v.check(1_001, None), Ok(CheckOutcome::Exhausted));
+        assert_eq!(
+            v.check(1_001, Some(Channel::Whatsapp)),
+            Err(VerificationStatus::MaxAttemptsReached)
+        );
         assert_eq!(v.secret, None);
     }
 
@@ -489,7 +604,7 @@ mod tests {
         let mut v = verification(5);
         assert_eq!(v.status_at(1_599), VerificationStatus::Pending);
         assert_eq!(v.status_at(1_600), VerificationStatus::Expired);
-        assert_eq!(v.check(1_600, true), Err(VerificationStatus::Expired));
+        assert_eq!(v.check(1_600, Some(Channel::Whatsapp)), Err(VerificationStatus::Expired));
         assert_eq!(v.status, VerificationStatus::Expired);
     }
 
@@ -499,14 +614,14 @@ mod tests {
         assert_eq!(v.cancel(1_001), Ok(()));
         assert_eq!((v.status, v.secret.is_none()), (VerificationStatus::Canceled, true));
         assert_eq!(v.cancel(1_002), Err(VerificationStatus::Canceled));
-        assert_eq!(v.check(1_002, true), Err(VerificationStatus::Canceled));
+        assert_eq!(v.check(1_002, Some(Channel::Whatsapp)), Err(VerificationStatus::Canceled));
     }
 
     #[test]
     fn a_refused_only_send_fails_the_verification() {
         let mut v = verification(5);
         v.record_send(0, &refusal(), 1_000);
-        assert_eq!(v.check(1_001, true), Err(VerificationStatus::Failed));
+        assert_eq!(v.check(1_001, Some(Channel::Whatsapp)), Err(VerificationStatus::Failed));
         assert_eq!(v.delivery().status, DeliveryStatus::Failed);
     }
 
@@ -575,6 +690,59 @@ mod tests {
         assert_eq!(v.send_for_message("wamid.1", false), Some(0));
         assert_eq!(v.send_for_message("wamid.2", true), Some(1));
         assert_eq!(v.send_for_message("wamid.3", true), None, "no send is free to claim it");
+    }
+
+    #[test]
+    fn auto_falls_back_once_on_failure_or_deadline_never_after_delivery() {
+        let mut v = new(ChannelChoice::Auto, 5);
+        assert_eq!(v.fallback_at, Some(1_030));
+        assert!(!v.fallback_due(1_029, false));
+        assert!(v.fallback_due(1_029, true), "WhatsApp switched off");
+        assert!(v.fallback_due(1_030, false), "the deadline");
+        let sms = v.fall_back(1_030, false).unwrap();
+        assert_eq!(v.sends[sms].channel, Channel::Sms);
+        assert_eq!(v.fall_back(1_031, false), None, "never twice");
+        assert_eq!(v.add_send(1_100), 2, "a resend goes on the SMS channel");
+        assert_eq!(v.sends[2].channel, Channel::Sms);
+
+        let mut delivered = new(ChannelChoice::Auto, 5);
+        delivered.sends[0].delivery.apply(&event(DeliveryStatus::Delivered, 1_010));
+        assert!(!delivered.fallback_due(1_500, false), "delivered in time");
+
+        let mut failed = new(ChannelChoice::Auto, 5);
+        let error = DeliveryError { code: Some(131026), title: "x".into(), details: None };
+        failed.record_send(0, &SendOutcome::Failed { error, definitive: true }, 1_001);
+        assert_eq!(failed.status, VerificationStatus::Pending, "SMS can still carry it");
+        assert!(failed.fallback_due(1_001, false));
+        assert!(!new(ChannelChoice::Whatsapp, 5).fallback_due(2_000, true), "only auto falls back");
+    }
+
+    #[test]
+    fn the_fallback_deadline_never_passes_expiry() {
+        let template = new(ChannelChoice::Auto, 5);
+        let v = Verification::new(NewVerification {
+            id: template.id.clone(),
+            to_masked: template.to_masked.clone(),
+            number_key: template.number_key.clone(),
+            code_tags: template.code_tags.clone(),
+            secret: vec![],
+            choice: ChannelChoice::Auto,
+            purpose: Purpose::Login,
+            first_channel: Channel::Whatsapp,
+            now: 0,
+            ttl_seconds: 60,
+            max_attempts: 5,
+            fallback_after: Some(600),
+        });
+        assert_eq!(v.fallback_at, Some(59));
+    }
+
+    #[test]
+    fn approval_names_the_channel() {
+        let mut v = new(ChannelChoice::Auto, 5);
+        assert_eq!(v.check(1_001, Some(Channel::Sms)), Ok(CheckOutcome::Approved));
+        assert_eq!(v.approved_channel, Some(Channel::Sms));
+        assert_eq!(v.fallback_at, None);
     }
 
     #[test]

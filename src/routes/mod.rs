@@ -3,6 +3,7 @@
 mod auth;
 mod body;
 mod health;
+mod sms_webhook;
 mod throttle;
 mod verifications;
 mod webhook;
@@ -17,8 +18,8 @@ use ring::rand::SystemRandom;
 use crate::clock::SharedClock;
 use crate::domain::Keyring;
 use crate::error::ApiError;
-use crate::outbox::Outbox;
-use crate::settings::{LimitSettings, Settings};
+use crate::outbox::{Outbox, OutboxConfig};
+use crate::settings::{FallbackSettings, LimitSettings, Settings, SmsSettings};
 use crate::store::{Store, Sweeper};
 use crate::whatsapp::WebhookVerifier;
 
@@ -40,6 +41,9 @@ pub struct AppState {
     pub retention_seconds: i64,
     pub request_timeout: Duration,
     pub limits: LimitSettings,
+    pub fallback: FallbackSettings,
+    /// The SMS provider, when one is configured.
+    pub sms: Option<SmsSettings>,
     pub clients: ClientLimiter,
     /// The UTC day on which a spent send budget was last logged.
     pub budget_warned_day: AtomicI64,
@@ -64,8 +68,13 @@ impl AppState {
             settings.code_key.expose().as_bytes(),
             settings.code_key_previous.as_ref().map(|k| k.expose().as_bytes()),
         ));
-        let outbox =
-            Outbox::start(store.clone(), keys.clone(), clock.clone(), settings.graph.clone())?;
+        let config = OutboxConfig {
+            graph: settings.graph.clone(),
+            sms: settings.sms.clone(),
+            fallback: settings.fallback,
+            tick: sweep_every.min(Duration::from_secs(1)),
+        };
+        let outbox = Outbox::start(store.clone(), keys.clone(), clock.clone(), config)?;
         Ok(Self {
             store,
             clock,
@@ -82,6 +91,8 @@ impl AppState {
             request_timeout: settings.request_timeout,
             clients: ClientLimiter::per_minute(settings.limits.client_requests_per_minute),
             limits: settings.limits.clone(),
+            fallback: settings.fallback,
+            sms: settings.sms.clone(),
             budget_warned_day: AtomicI64::new(i64::MIN),
             rng: SystemRandom::new(),
             outbox,
@@ -115,6 +126,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/webhook")
             .route(web::get().to(webhook::handshake))
             .route(web::post().to(webhook::receive))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/webhook/sms")
+            .route(web::post().to(sms_webhook::receive))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

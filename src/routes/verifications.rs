@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{rfc3339, UnixTime};
 use crate::domain::{
-    Attempt, Channel, CheckOutcome, Code, Delivery, DeliveryError, DeliveryStatus, Limit,
-    PhoneNumber, SendSecret, Verification, VerificationId, VerificationStatus,
+    Attempt, Channel, ChannelChoice, CheckOutcome, Code, CodeTag, Delivery, DeliveryError,
+    DeliveryStatus, Limit, NewVerification, PhoneNumber, Purpose, SendSecret, Verification,
+    VerificationId, VerificationStatus,
 };
 use crate::error::{ApiError, Throttle};
 use crate::routes::throttle::client_address;
@@ -27,6 +28,10 @@ const DAY: i64 = 86_400;
 #[serde(deny_unknown_fields)]
 struct SendCodeRequest {
     to: String,
+    #[serde(default)]
+    channel: ChannelChoice,
+    #[serde(default)]
+    purpose: Purpose,
 }
 
 #[derive(Deserialize)]
@@ -40,7 +45,11 @@ struct CheckRequest {
 pub struct VerificationView {
     pub id: String,
     pub status: VerificationStatus,
-    pub channel: Channel,
+    /// What was asked for: `whatsapp`, `sms` or `auto`.
+    pub channel: ChannelChoice,
+    pub purpose: Purpose,
+    /// Which channel's code approved it, once approved.
+    pub approved_channel: Option<Channel>,
     pub to: String,
     pub created_at: String,
     pub expires_at: String,
@@ -88,7 +97,9 @@ impl VerificationView {
         Self {
             id: v.id.to_string(),
             status: v.status_at(now),
-            channel: Channel::Whatsapp,
+            channel: v.choice,
+            purpose: v.purpose,
+            approved_channel: v.approved_channel,
             to: v.to_masked.clone(),
             created_at: rfc3339(v.created_at),
             expires_at: rfc3339(v.expires_at),
@@ -126,8 +137,9 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// What makes two send-code requests the same request.
-fn fingerprint(to: &PhoneNumber) -> String {
-    hex::encode(digest::digest(&digest::SHA256, to.e164().as_bytes()))
+fn fingerprint(to: &PhoneNumber, channel: ChannelChoice, purpose: Purpose) -> String {
+    let text = format!("{}|{channel:?}|{purpose:?}", to.e164());
+    hex::encode(digest::digest(&digest::SHA256, text.as_bytes()))
 }
 
 /// `POST /v1/verifications`: create a verification and send its code, or,
@@ -146,8 +158,17 @@ pub async fn send_code(
     throttle_client(&state, &req, now)?;
     let request: SendCodeRequest = read_json(&req, body, JSON_LIMIT).await?;
     let to = PhoneNumber::parse(&request.to)?;
+    let (choice, purpose) = (request.channel, request.purpose);
+    if purpose == Purpose::EnrolWhatsapp && choice != ChannelChoice::Sms {
+        return Err(ApiError::InvalidBody(
+            "purpose enrol_whatsapp confirms a number by SMS: it needs channel sms".into(),
+        ));
+    }
+    if choice != ChannelChoice::Whatsapp && state.sms.is_none() {
+        return Err(ApiError::ChannelUnavailable("SMS is not configured on this server"));
+    }
     let key = idempotency_key(&req)?;
-    let fingerprint = fingerprint(&to);
+    let fingerprint = fingerprint(&to, choice, purpose);
     let idempotency = key.as_deref().map(|k| (k, fingerprint.as_str()));
 
     if let Some(record) = key.as_deref().map(|k| state.store.idempotency(k)).transpose()?.flatten()
@@ -156,12 +177,14 @@ pub async fn send_code(
     }
     check_country(&state, &to)?;
     let number_key = state.keys.number_key(&to);
-    if let Some(active) = find_active(&state, &to, &number_key, now)? {
+    if let Some(active) = find_active(&state, &to, &number_key, purpose, now)? {
         return resend(&state, &active, idempotency, now).await;
     }
+    let first_channel = first_channel(&state, choice, &number_key, now)?;
 
     count_send(&state, &number_key, now)?;
-    let v = new_verification(&state, &to, number_key, now)?;
+    let plan = Plan { choice, purpose, first_channel };
+    let v = new_verification(&state, &to, number_key, plan, now)?;
     let purge_at = v.expires_at + state.retention_seconds;
     match state.store.create(&v, purge_at, now, idempotency)? {
         Ok(()) => {}
@@ -184,15 +207,53 @@ fn find_active(
     state: &AppState,
     to: &PhoneNumber,
     number_key: &str,
+    purpose: Purpose,
     now: UnixTime,
 ) -> Result<Option<Verification>, ApiError> {
-    if let Some(active) = state.store.active(number_key, now)? {
+    let key = Verification::active_key(number_key, purpose);
+    if let Some(active) = state.store.active(&key, now)? {
         return Ok(Some(active));
     }
     match state.keys.previous_number_key(to) {
-        Some(previous) => Ok(state.store.active(&previous, now)?),
+        Some(previous) => {
+            Ok(state.store.active(&Verification::active_key(&previous, purpose), now)?)
+        }
         None => Ok(None),
     }
+}
+
+/// Where the first send goes. `auto` starts on WhatsApp unless WhatsApp is
+/// switched off or the number is known not to be on it.
+fn first_channel(
+    state: &AppState,
+    choice: ChannelChoice,
+    number_key: &str,
+    now: UnixTime,
+) -> Result<Channel, ApiError> {
+    let off_until = state.store.whatsapp_off_until(now)?;
+    Ok(match choice {
+        ChannelChoice::Sms => Channel::Sms,
+        ChannelChoice::Whatsapp => {
+            if let Some(until) = off_until {
+                return Err(ApiError::WhatsAppOff { retry_after: until - now });
+            }
+            Channel::Whatsapp
+        }
+        ChannelChoice::Auto => {
+            if off_until.is_some() || state.store.not_on_whatsapp(number_key, now)? {
+                Channel::Sms
+            } else {
+                Channel::Whatsapp
+            }
+        }
+    })
+}
+
+/// What a new verification is for and where it goes first.
+struct Plan {
+    choice: ChannelChoice,
+    purpose: Purpose,
+    first_channel: Channel,
 }
 
 /// The same `Idempotency-Key` again: the same request gets the
@@ -268,24 +329,41 @@ fn new_verification(
     state: &AppState,
     to: &PhoneNumber,
     number_key: String,
+    plan: Plan,
     now: UnixTime,
 ) -> Result<Verification, ApiError> {
     let rng_failed = || ApiError::Internal(anyhow::anyhow!("the system CSPRNG failed"));
-    let code = Code::generate(&state.rng).map_err(|_| rng_failed())?;
     let id = VerificationId::generate(&state.rng).map_err(|_| rng_failed())?;
-    let tag = state.keys.code_tag(&id, &number_key, &code);
+    // Each channel the verification may use gets its own code, so that an
+    // approval tells which one the user read.
+    let channels: &[Channel] = match (plan.choice, plan.first_channel) {
+        (ChannelChoice::Auto, Channel::Whatsapp) => &[Channel::Whatsapp, Channel::Sms],
+        (_, Channel::Whatsapp) => &[Channel::Whatsapp],
+        (_, Channel::Sms) => &[Channel::Sms],
+    };
+    let mut codes = Vec::new();
+    let mut code_tags = Vec::new();
+    for &channel in channels {
+        let code = Code::generate(&state.rng).map_err(|_| rng_failed())?;
+        code_tags.push(CodeTag { channel, tag: state.keys.code_tag(&id, &number_key, &code) });
+        codes.push((channel, code));
+    }
     let sealed =
-        state.keys.seal(&id, &SendSecret { to: to.clone(), code }).map_err(|_| rng_failed())?;
-    Ok(Verification::new(
+        state.keys.seal(&id, &SendSecret { to: to.clone(), codes }).map_err(|_| rng_failed())?;
+    Ok(Verification::new(NewVerification {
         id,
-        to.masked(),
+        to_masked: to.masked(),
         number_key,
-        tag,
-        sealed,
+        code_tags,
+        secret: sealed,
+        choice: plan.choice,
+        purpose: plan.purpose,
+        first_channel: plan.first_channel,
         now,
-        state.code_ttl_seconds,
-        state.max_attempts,
-    ))
+        ttl_seconds: state.code_ttl_seconds,
+        max_attempts: state.max_attempts,
+        fallback_after: Some(state.fallback.after),
+    }))
 }
 
 /// Sends the pending verification's code again, if its cooldown is over
@@ -364,10 +442,13 @@ pub async fn check(
     let (outcome, verification) = state
         .store
         .update(&id, |v| {
-            // Compared whatever the status, so that the time taken does not
-            // depend on it.
-            let matches = state.keys.code_matches(&v.id, &v.number_key, &code, &v.code_tag);
-            v.check(now, matches)
+            // Every channel's tag is compared, whatever the status, so that
+            // the time taken depends on neither.
+            let matched = v.code_tags.iter().fold(None, |found, t| {
+                let hit = state.keys.code_matches(&v.id, &v.number_key, &code, &t.tag);
+                found.or(hit.then_some(t.channel))
+            });
+            v.check(now, matched)
         })?
         .ok_or(ApiError::VerificationNotFound)?;
     let outcome = outcome.map_err(ApiError::NotPending)?;

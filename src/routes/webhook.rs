@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::domain::{DeliveryStatus, StatusEvent, VerificationId};
+use crate::domain::{Channel, DeliveryStatus, StatusEvent, VerificationId};
 use crate::error::ApiError;
+use crate::fallback;
 use crate::routes::{read_limited, AppState};
 use crate::store::StatusUpdate;
 use crate::whatsapp::payload::{self, StatusReport};
@@ -63,6 +64,10 @@ pub async fn receive(
     let now = state.clock.now();
     let updates = updates(&parsed.statuses, now);
     let tally = state.store.record_statuses(&updates, now)?;
+    for failure in tally.failures.iter().filter(|f| f.channel == Channel::Whatsapp) {
+        let (id, key, code) = (&failure.verification, &failure.number_key, failure.code);
+        fallback::whatsapp_failed(&state.store, &state.fallback, id, key, code, now)?;
+    }
     state.store.commit().await?;
 
     tracing::info!(

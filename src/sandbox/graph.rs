@@ -120,6 +120,7 @@ pub(super) async fn messages(
             }
             let message_id = new_message_id();
             sandbox.remember(SandboxMessage {
+                channel: "whatsapp",
                 message_id: message_id.clone(),
                 verification_id: request.biz_opaque_callback_data.clone(),
                 to: PhoneNumber::parse(&format!("+{digits}"))

@@ -1,7 +1,9 @@
 //! Sandbox mode: the whole path without a Meta account.
 //!
 //! A stand-in of the Graph API messages endpoint is served under
-//! `/sandbox/graph`, and the real `GraphClient` calls it over HTTP. It
+//! `/sandbox/graph`, and the real `GraphClient` calls it over HTTP; a
+//! stand-in of the SMS provider's Messages API under `/sandbox/sms`, called
+//! by the real `SmsClient`. It
 //! checks requests as Meta does, answers as Meta does, and then reports
 //! statuses by POSTing signed webhooks to waverify's own `/webhook`. What it
 //! "sent" is listed, codes included, at `GET /sandbox/messages`.
@@ -11,6 +13,7 @@
 mod deliver;
 mod graph;
 pub mod numbers;
+mod sms;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,7 @@ use serde::Serialize;
 use crate::clock::SharedClock;
 use crate::error::ApiError;
 use crate::routes::Authenticated;
-use crate::settings::Secret;
+use crate::settings::{Secret, Settings, SmsSettings};
 
 pub use numbers::{Outcome, Timing, TEST_NUMBERS};
 
@@ -38,11 +41,14 @@ pub struct Sandbox {
     pub template: String,
     pub template_lang: String,
     pub clock: SharedClock,
+    /// The SMS stand-in's account, token and callback address.
+    pub sms: Option<SmsSettings>,
 }
 
 /// A message the stand-in accepted, as `GET /sandbox/messages` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SandboxMessage {
+    pub channel: &'static str,
     pub message_id: String,
     pub verification_id: Option<String>,
     pub to: String,
@@ -53,24 +59,24 @@ pub struct SandboxMessage {
 }
 
 impl Sandbox {
+    /// The stand-ins agree with `settings` (token, template, app secret,
+    /// SMS account) and report statuses to `webhook_url`.
     pub fn new(
+        settings: &Settings,
         timing: Timing,
         webhook_url: String,
-        app_secret: Secret,
-        access_token: Secret,
-        template: String,
-        template_lang: String,
         clock: SharedClock,
     ) -> Self {
         Self {
             outbox: Mutex::new(VecDeque::new()),
             timing,
             webhook_url,
-            app_secret,
-            access_token,
-            template,
-            template_lang,
+            app_secret: settings.app_secret.clone(),
+            access_token: settings.graph.access_token.clone(),
+            template: settings.graph.template.clone(),
+            template_lang: settings.graph.template_lang.clone(),
             clock,
+            sms: settings.sms.clone(),
         }
     }
 
@@ -93,6 +99,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, sandbox: Arc<Sandbox>) {
         .route(
             "/sandbox/graph/{version}/{phone_number_id}/messages",
             web::post().to(graph::messages),
+        )
+        .route(
+            "/sandbox/sms/2010-04-01/Accounts/{sid}/Messages.json",
+            web::post().to(sms::messages),
         )
         .route("/sandbox/messages", web::get().to(list_messages));
 }

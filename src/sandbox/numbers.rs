@@ -30,6 +30,29 @@ pub const TEST_NUMBERS: &[(&str, Outcome)] = &[
     ("+15550100006", Outcome::SlowDelivery),
 ];
 
+/// What the SMS stand-in does with a message to a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsOutcome {
+    Delivered,
+    /// Accepted, then undelivered with 30003 (unreachable handset).
+    Undelivered,
+    /// Refused at once with 21211 (invalid 'To' number).
+    Refused,
+}
+
+/// The SMS table the README documents; every other number is delivered.
+pub const SMS_TEST_NUMBERS: &[(&str, SmsOutcome)] =
+    &[("+15550100008", SmsOutcome::Undelivered), ("+15550100009", SmsOutcome::Refused)];
+
+impl SmsOutcome {
+    pub fn for_number(e164: &str) -> Self {
+        SMS_TEST_NUMBERS
+            .iter()
+            .find(|(number, _)| *number == e164)
+            .map_or(Self::Delivered, |(_, outcome)| *outcome)
+    }
+}
+
 impl Outcome {
     /// The outcome for a number given as the Graph API gets it (digits).
     pub fn for_digits(digits: &str) -> Self {

@@ -15,11 +15,15 @@
 //! - `counters`: window end ++ counter ++ subject -> count, for limits
 //! - `parked`: message id -> statuses that arrived before their message
 //!   was known (see [`Store::record_statuses`])
-//! - `parked_by_time`, `wipe_at`, `purge_at`: time ++ key, so that the
-//!   sweeper finds what is due (see `purge.rs`)
+//! - `parked_by_time`, `wipe_at`, `purge_at`, `fallback_at`: time ++ key,
+//!   so that the sweeper and the fallback find what is due
+//! - `not_on_whatsapp`: number key -> until when the number goes straight
+//!   to SMS
+//! - `state`: `whatsapp_off_until` -> until when WhatsApp is switched off
 
 mod commit;
 mod counters;
+mod fallback;
 mod purge;
 
 use std::path::Path;
@@ -32,7 +36,10 @@ use sled::transaction::{
 use sled::Transactional;
 
 use crate::clock::UnixTime;
-use crate::domain::{SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus};
+use crate::domain::{
+    Channel, DeliveryStatus, SendOutcome, StatusEvent, Verification, VerificationId,
+    VerificationStatus,
+};
 
 use commit::GroupCommit;
 
@@ -94,13 +101,24 @@ pub struct StatusUpdate {
 }
 
 /// What became of the statuses of one webhook body.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
     pub applied: usize,
     /// Already known: duplicates, or statuses that change nothing.
     pub unchanged: usize,
     /// For messages not known (yet): kept until their send is recorded.
     pub parked: usize,
+    /// `failed` statuses applied, for the fallback to act on.
+    pub failures: Vec<Failure>,
+}
+
+/// A send that failed, as the fallback needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub verification: VerificationId,
+    pub number_key: String,
+    pub channel: Channel,
+    pub code: Option<i64>,
 }
 
 /// Statuses kept for a message that no verification has (yet).
@@ -161,6 +179,9 @@ pub struct Store {
     parked_by_time: sled::Tree,
     wipe_at: sled::Tree,
     purge_at: sled::Tree,
+    fallback_at: sled::Tree,
+    not_on_whatsapp: sled::Tree,
+    state: sled::Tree,
     commit: GroupCommit,
 }
 
@@ -200,6 +221,9 @@ impl Store {
             parked_by_time: db.open_tree("parked_by_time")?,
             wipe_at: db.open_tree("wipe_at")?,
             purge_at: db.open_tree("purge_at")?,
+            fallback_at: db.open_tree("fallback_at")?,
+            not_on_whatsapp: db.open_tree("not_on_whatsapp")?,
+            state: db.open_tree("state")?,
             commit: GroupCommit::start(db.clone()),
             db,
         })
@@ -262,9 +286,11 @@ impl Store {
             &self.outbox,
             &self.wipe_at,
             &self.purge_at,
+            &self.fallback_at,
         );
-        finish(trees.transaction(|(vt, at, it, ot, wt, pt)| {
-            if let Some(raw) = at.get(v.number_key.as_str())? {
+        finish(trees.transaction(|(vt, at, it, ot, wt, pt, ft)| {
+            let active_key = Verification::active_key(&v.number_key, v.purpose);
+            if let Some(raw) = at.get(active_key.as_str())? {
                 let other = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse);
                 if let Some(other) = other {
                     if load(vt, &other)?
@@ -285,10 +311,13 @@ impl Store {
                 it.insert(key, encode(&record).map_err(fail)?)?;
             }
             vt.insert(id, value.as_slice())?;
-            at.insert(v.number_key.as_str(), id)?;
+            at.insert(active_key.as_str(), id)?;
             ot.insert(outbox_key(&v.id, 0), Vec::<u8>::new())?;
             wt.insert(time_key(v.expires_at, id.as_bytes()), Vec::<u8>::new())?;
             pt.insert(time_key(purge_at, id.as_bytes()), Vec::<u8>::new())?;
+            if let Some(at) = v.fallback_at {
+                ft.insert(time_key(at, id.as_bytes()), Vec::<u8>::new())?;
+            }
             Ok(())
         }))
     }
@@ -361,7 +390,7 @@ impl Store {
     /// Frees the number of a verification that is over.
     fn release(&self, v: &Verification) -> Result<(), StoreError> {
         let _ = self.active.compare_and_swap(
-            v.number_key.as_str(),
+            Verification::active_key(&v.number_key, v.purpose),
             Some(v.id.as_str()),
             None as Option<&[u8]>,
         )?;
@@ -455,8 +484,11 @@ impl Store {
             let mut tally = Tally::default();
             for update in updates {
                 match apply_to_verification(vt, mt, update)? {
-                    Some(true) => tally.applied += 1,
-                    Some(false) => tally.unchanged += 1,
+                    Some((true, failure)) => {
+                        tally.applied += 1;
+                        tally.failures.extend(failure);
+                    }
+                    Some((false, _)) => tally.unchanged += 1,
                     None => {
                         park(pt, ptt, update, now)?;
                         tally.parked += 1;
@@ -493,13 +525,13 @@ fn save<S>(vt: &TransactionalTree, v: &Verification) -> TxResult<(), S> {
     Ok(())
 }
 
-/// `Some(changed)` when the status belongs to a verification, `None` when
-/// no verification claims its message.
+/// `Some((changed, failure))` when the status belongs to a verification,
+/// `None` when no verification claims its message.
 fn apply_to_verification<S>(
     vt: &TransactionalTree,
     mt: &TransactionalTree,
     update: &StatusUpdate,
-) -> TxResult<Option<bool>, S> {
+) -> TxResult<Option<(bool, Option<Failure>)>, S> {
     let indexed = mt
         .get(update.message_id.as_bytes())?
         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
@@ -515,7 +547,13 @@ fn apply_to_verification<S>(
     } else if changed {
         save(vt, &v)?;
     }
-    Ok(Some(changed))
+    let failure = (changed && update.event.status == DeliveryStatus::Failed).then(|| Failure {
+        verification: v.id.clone(),
+        number_key: v.number_key.clone(),
+        channel: v.sends[index].channel,
+        code: update.event.error.as_ref().and_then(|e| e.code),
+    });
+    Ok(Some((changed, failure)))
 }
 
 fn park<S>(

@@ -67,6 +67,7 @@ impl Store {
             self.parked_by_time.remove(key)?;
         }
         purged.counters = self.purge_counters(now)?;
+        self.purge_not_on_whatsapp(now)?;
         Ok(purged)
     }
 
@@ -79,7 +80,7 @@ impl Store {
             self.idempotency.remove(key.as_bytes())?;
         }
         let _ = self.active.compare_and_swap(
-            v.number_key.as_bytes(),
+            Verification::active_key(&v.number_key, v.purpose).as_bytes(),
             Some(v.id.as_str().as_bytes()),
             None as Option<&[u8]>,
         )?;

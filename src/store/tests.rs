@@ -1,7 +1,9 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{DeliveryError, DeliveryStatus, Limit};
+use crate::domain::{
+    ChannelChoice, CodeTag, DeliveryError, DeliveryStatus, Limit, NewVerification, Purpose,
+};
 
 fn temp_store() -> Store {
     Store::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
@@ -9,16 +11,20 @@ fn temp_store() -> Store {
 
 fn verification(n: u8) -> Verification {
     let id = VerificationId::parse(&format!("{n:02x}{}", "0".repeat(30))).unwrap();
-    Verification::new(
+    Verification::new(NewVerification {
         id,
-        "+1555*****234".into(),
-        format!("number-{n}"),
-        vec![0; 32],
-        vec![1],
-        1_000,
-        600,
-        5,
-    )
+        to_masked: "+1555*****234".into(),
+        number_key: format!("number-{n}"),
+        code_tags: vec![CodeTag { channel: Channel::Whatsapp, tag: vec![0; 32] }],
+        secret: vec![1],
+        choice: ChannelChoice::Whatsapp,
+        purpose: Purpose::Login,
+        first_channel: Channel::Whatsapp,
+        now: 1_000,
+        ttl_seconds: 600,
+        max_attempts: 5,
+        fallback_after: None,
+    })
 }
 
 fn insert(store: &Store, v: &Verification, purge_at: i64) {
@@ -48,7 +54,7 @@ fn statuses_before_the_send_is_recorded_are_parked_then_applied() {
         update("wamid.A", DeliveryStatus::Sent, 4),
     ];
     let tally = store.record_statuses(&early, 100).unwrap();
-    assert_eq!(tally, Tally { applied: 0, unchanged: 0, parked: 2 });
+    assert_eq!((tally.applied, tally.unchanged, tally.parked), (0, 0, 2));
     let after = accepted(&store, &v, "wamid.A");
     assert_eq!(after.delivery().status, DeliveryStatus::Delivered);
     assert_eq!(after.delivery().timestamps.len(), 2);

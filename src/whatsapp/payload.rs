@@ -36,7 +36,8 @@ pub struct NotJson(#[from] serde_json::Error);
 
 /// Reads every status of every change of every entry.
 pub fn parse(body: &[u8]) -> Result<Parsed, NotJson> {
-    let body: Lenient<Body> = serde_json::from_slice(body)?;
+    let body = repair_lone_surrogates(body);
+    let body: Lenient<Body> = serde_json::from_slice(&body)?;
     let mut parsed = Parsed::default();
     let entries = body.0.map(|b| b.entry.0).unwrap_or_default();
     for change in entries.into_iter().flat_map(|e| e.changes.0) {
@@ -50,6 +51,47 @@ pub fn parse(body: &[u8]) -> Result<Parsed, NotJson> {
         parsed.statuses.extend(value.statuses.0.into_iter().map(WireStatus::into_report));
     }
     Ok(parsed)
+}
+
+/// Replaces every `\uXXXX` escape of a lone UTF-16 surrogate with `\ufffd`.
+///
+/// serde_json refuses a string holding a lone surrogate, and with it the
+/// whole object around it, even when the string is the name of a field
+/// nobody reads. Meta escapes all non-ASCII text, so a truncated emoji in a
+/// name or a title would otherwise cost the statuses next to it. This runs
+/// after the signature was checked over the bytes as received.
+fn repair_lone_surrogates(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    fn unit(body: &[u8], at: usize) -> Option<u16> {
+        let hex = body.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    let high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut repaired: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(body, i) {
+            Some(u) if high(u) && unit(body, i + 6).is_some_and(low) => i += 12,
+            Some(u) if high(u) || low(u) => {
+                let out = repaired.get_or_insert_with(|| body.to_vec());
+                out[i..i + 6].copy_from_slice(b"\\ufffd");
+                i += 6;
+            }
+            // Any other escape: skip the backslash and the escaped byte.
+            _ => i += 2,
+        }
+    }
+    match repaired {
+        Some(bytes) => std::borrow::Cow::Owned(bytes),
+        None => std::borrow::Cow::Borrowed(body),
+    }
 }
 
 /// A value that is `Some` when it had the expected shape and `None`
@@ -230,7 +272,18 @@ mod tests {
         let body = br#"{"entry":[{"changes":[{"field":"messages","value":{"statuses":[
             {"id":"w","status":"failed","timestamp":"1","errors":[{"code":1,"title":"\ud800"}]}]}}]}]}"#;
         let parsed = parse(body).unwrap();
-        assert_eq!(parsed.statuses[0].error.as_ref().unwrap().title, "unknown error");
+        assert_eq!(parsed.statuses[0].error.as_ref().unwrap().title, "\u{fffd}");
+    }
+
+    #[test]
+    fn lone_surrogates_cost_nothing_but_themselves() {
+        let body = br#"{"entry":[{"x\ud800":1,"changes":[{"field":"messages","value":{"statuses":[
+            {"id":"w","status":"read","timestamp":"1","errors":[{"code":1,"title":"a\udc00b \ud83d\ude00"}]}]}}]}]}"#;
+        let parsed = parse(body).unwrap();
+        assert_eq!(parsed.statuses.len(), 1);
+        assert_eq!(parsed.statuses[0].error.as_ref().unwrap().title, "a\u{fffd}b \u{1f600}");
+        let escaped_backslash = br#"{"a":"\\ud800"}"#;
+        assert_eq!(repair_lone_surrogates(escaped_backslash).as_ref(), escaped_backslash);
     }
 
     #[test]

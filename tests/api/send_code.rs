@@ -204,7 +204,9 @@ async fn a_graph_api_that_refuses_connections_fails_the_send() {
 #[actix_web::test]
 async fn a_proxy_error_page_is_an_unexpected_answer() {
     let app = spawn_app().await;
-    app.graph().queue(Answer::json(502, "<html><body>502 Bad Gateway</body></html>"));
+    for _ in 0..2 {
+        app.graph().queue(Answer::json(502, "<html><body>502 Bad Gateway</body></html>"));
+    }
     let v = app.send_code(&fresh_number()).await;
     assert_eq!(v["delivery"]["status"], "failed");
     assert_eq!(v["delivery"]["error"]["title"], "Unexpected Graph API answer");
@@ -233,4 +235,22 @@ async fn unknown_and_malformed_ids_are_404() {
         let reply = app.check(id, "123456").await;
         assert_eq!(reply.problem(404), "verification-not-found", "{id}");
     }
+}
+
+#[actix_web::test]
+async fn a_transient_failure_is_retried_once() {
+    let app = spawn_app().await;
+    let transient = r#"{"error":{"message":"(#131000) Something went wrong","type":"OAuthException","code":131000,"fbtrace_id":"X"}}"#;
+    app.graph().queue(Answer::json(500, transient));
+    app.graph().queue(Answer::accepted("wamid.RETRIED"));
+    let v = app.send_code(&fresh_number()).await;
+    assert_eq!(v["delivery"]["status"], "accepted", "{v}");
+    assert_eq!(v["delivery"]["message_id"], "wamid.RETRIED");
+    assert_eq!(app.graph().received().len(), 2, "one retry, no more");
+
+    let refused = r#"{"error":{"message":"(#131008) Required parameter is missing","type":"OAuthException","code":131008,"fbtrace_id":"X"}}"#;
+    app.graph().queue(Answer::json(400, refused));
+    let v = app.send_code(&fresh_number()).await;
+    assert_eq!(v["delivery"]["status"], "failed", "no retry for a bad request: {v}");
+    assert_eq!(app.graph().received().len(), 3);
 }
