@@ -41,6 +41,16 @@ pub struct Received {
     pub path: String,
     pub authorization: Option<String>,
     pub body: serde_json::Value,
+    /// The body as sent (form fields for the SMS provider).
+    pub text: String,
+}
+
+impl Received {
+    /// A form field of the body.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let fields: Vec<(String, String)> = serde_urlencoded::from_str(&self.text).ok()?;
+        fields.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
 }
 
 #[derive(Default)]
@@ -48,6 +58,8 @@ struct State {
     answers: VecDeque<Answer>,
     received: Vec<Received>,
     counter: u64,
+    /// Answers like the SMS provider rather than the Graph API.
+    sms: bool,
 }
 
 #[derive(Clone)]
@@ -58,9 +70,18 @@ pub struct GraphStub {
 
 impl GraphStub {
     pub fn start() -> Self {
+        Self::start_as(false)
+    }
+
+    /// A stand-in of the SMS provider's Messages API.
+    pub fn start_sms() -> Self {
+        Self::start_as(true)
+    }
+
+    fn start_as(sms: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State { sms, ..State::default() }));
         let shared = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new().app_data(shared.clone()).default_service(web::to(answer))
@@ -98,9 +119,14 @@ async fn answer(
                 .get("authorization")
                 .map(|v| v.to_str().unwrap().to_owned()),
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            text: String::from_utf8_lossy(&body).into_owned(),
         });
         state.counter += 1;
-        let fallback = Answer::accepted(&format!("wamid.STUB{}", state.counter));
+        let fallback = if state.sms {
+            Answer::json(201, &format!(r#"{{"sid":"SMSTUB{}","status":"queued"}}"#, state.counter))
+        } else {
+            Answer::accepted(&format!("wamid.STUB{}", state.counter))
+        };
         state.answers.pop_front().unwrap_or(fallback)
     };
     if !answer.delay.is_zero() {

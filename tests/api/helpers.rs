@@ -22,6 +22,8 @@ pub struct TestApp {
     pub base: String,
     pub clock: Arc<ManualClock>,
     pub graph: Option<GraphStub>,
+    /// The SMS provider's stand-in, when SMS is configured.
+    pub sms: Option<GraphStub>,
     pub http: awc::Client,
     pub data_dir: Arc<tempfile::TempDir>,
     handle: ServerHandle,
@@ -97,6 +99,26 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     start(vars, dir, Some(graph), Timing::default(), START)
 }
 
+pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const TWILIO_TOKEN: &str = "test-twilio-auth-token";
+pub const PUBLIC_URL: &str = "https://waverify.test";
+
+/// Live mode with SMS through a stand-in of the SMS provider.
+pub async fn spawn_app_with_sms(extra: &[(&str, &str)]) -> TestApp {
+    let sms = GraphStub::start_sms();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("WAVERIFY_TWILIO_ACCOUNT_SID", TWILIO_SID),
+        ("WAVERIFY_TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
+        ("WAVERIFY_SMS_FROM", "+15550009999"),
+        ("WAVERIFY_SMS_URL", sms.url.as_str()),
+        ("WAVERIFY_PUBLIC_URL", PUBLIC_URL),
+    ];
+    all.extend_from_slice(extra);
+    let mut app = spawn_app_with(&all).await;
+    app.sms = Some(sms);
+    app
+}
+
 /// A second app on the same data directory and Graph API stand-in as
 /// `app`, which must be stopped first; its clock goes on from `app`'s.
 pub async fn restart(app: &TestApp) -> TestApp {
@@ -159,12 +181,30 @@ fn start(
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
-    TestApp { base, clock, graph, http, data_dir: dir, handle }
+    TestApp { base, clock, graph, sms: None, http, data_dir: dir, handle }
 }
 
 impl TestApp {
     pub fn graph(&self) -> &GraphStub {
         self.graph.as_ref().expect("a live-mode app")
+    }
+
+    pub fn sms(&self) -> &GraphStub {
+        self.sms.as_ref().expect("an app with SMS")
+    }
+
+    /// POSTs a provider status callback, signed as the provider signs it.
+    pub async fn sms_callback(&self, query: &str, params: &[(&str, &str)]) -> Reply {
+        let params: Vec<(String, String)> =
+            params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let url = format!("{PUBLIC_URL}/webhook/sms{query}");
+        let signature = waverify::sms::signature::sign(TWILIO_TOKEN, &url, &params);
+        let body = serde_urlencoded::to_string(&params).unwrap().into_bytes();
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-twilio-signature", signature.as_str()),
+        ];
+        self.request("POST", &format!("/webhook/sms{query}"), &headers, Some(body)).await
     }
 
     pub async fn stop(&self) {

@@ -13,4 +13,5 @@ mod logs;
 mod retention;
 mod sandbox;
 mod send_code;
+mod sms;
 mod webhook;
