@@ -17,23 +17,23 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     InvalidBody(String),
-    #[error("`to` {0}")]
+    #[error("`to`: {0}")]
     InvalidPhoneNumber(#[from] PhoneError),
     #[error("`code` must be a string of exactly 6 digits")]
     InvalidCode,
     #[error("no route matches this path")]
     RouteNotFound,
-    #[error("this method is not allowed here")]
-    MethodNotAllowed,
+    #[error("this method is not allowed here; allowed: {0}")]
+    MethodNotAllowed(&'static str),
     #[error("no verification has this id")]
     VerificationNotFound,
-    #[error("the verification is {}, so it takes no more checks", .0.as_str())]
+    #[error("the verification is {}: it is no longer pending", .0.as_str())]
     NotPending(VerificationStatus),
     #[error("the body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request did not arrive within {0} s")]
     RequestTimeout(u64),
-    #[error("the body could not be read: {0}")]
+    #[error("the body could not be read whole")]
     BodyUnreadable(String),
     #[error("the X-Hub-Signature-256 header is missing")]
     SignatureMissing,
@@ -126,7 +126,7 @@ impl ApiError {
             Self::InvalidPhoneNumber(_) => ("invalid-phone-number", "Invalid phone number"),
             Self::InvalidCode => ("invalid-code", "Invalid code format"),
             Self::RouteNotFound => ("not-found", "Not found"),
-            Self::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             Self::VerificationNotFound => ("verification-not-found", "Verification not found"),
             Self::NotPending(VerificationStatus::Expired) => {
                 ("verification-expired", "Verification expired")
@@ -166,7 +166,7 @@ impl ResponseError for ApiError {
             | Self::InvalidCode
             | Self::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
             Self::RouteNotFound | Self::VerificationNotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotPending(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -213,6 +213,9 @@ impl ResponseError for ApiError {
             }
             Self::TooManyRequests { retry_after, .. } | Self::WhatsAppOff { retry_after } => {
                 response.insert_header((header::RETRY_AFTER, (*retry_after).max(1).to_string()));
+            }
+            Self::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

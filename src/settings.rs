@@ -281,6 +281,10 @@ impl Settings {
             Some(v) if v.len() < min_len => {
                 Err(invalid(name, format!("must be at least {min_len} characters long")))
             }
+            Some(v) if mode == Mode::Live && v == dev => Err(invalid(
+                name,
+                "is the public sandbox development value; choose a secret of your own",
+            )),
             Some(v) => Ok(Secret::new(v)),
             None if mode == Mode::Sandbox => {
                 defaults.push(name);
@@ -350,7 +354,7 @@ impl Settings {
             timeout: graph_timeout,
         };
 
-        Ok(Self {
+        Self {
             mode,
             bind,
             data_dir: PathBuf::from(data_dir),
@@ -424,10 +428,80 @@ impl Settings {
             },
             retention: seconds(get, "WAVERIFY_RETENTION", 86_400, 60..=30 * 86_400)?,
             request_timeout: seconds(get, "WAVERIFY_REQUEST_TIMEOUT", 10, 1..=120)?,
-            log_filter: get("WAVERIFY_LOG").unwrap_or("info").to_owned(),
+            log_filter: log_filter(get("WAVERIFY_LOG"))?,
             development_defaults: defaults,
-        })
+        }
+        .checked()
     }
+
+    /// Checks that hold between variables.
+    fn checked(self) -> Result<Self, ConfigError> {
+        let l = &self.limits;
+        if l.number_sends_per_hour > l.number_sends_per_day {
+            return Err(invalid(
+                "WAVERIFY_NUMBER_SENDS_PER_HOUR",
+                "must not exceed WAVERIFY_NUMBER_SENDS_PER_DAY",
+            ));
+        }
+        if self.code_key_previous.as_ref() == Some(&self.code_key) {
+            return Err(invalid(
+                "WAVERIFY_CODE_KEY_PREVIOUS",
+                "must differ from WAVERIFY_CODE_KEY",
+            ));
+        }
+        if self.app_secret_previous.as_ref() == Some(&self.app_secret) {
+            return Err(invalid(
+                "WAVERIFY_APP_SECRET_PREVIOUS",
+                "must differ from WAVERIFY_APP_SECRET",
+            ));
+        }
+        if self.mode == Mode::Live && !secure_or_local(&self.graph.base_url) {
+            return Err(invalid(
+                "WAVERIFY_GRAPH_URL",
+                "must use https:// in live mode (http:// only to this machine): the access token travels with every send",
+            ));
+        }
+        if let Some(sms) = self.sms.as_ref().filter(|_| self.mode == Mode::Live) {
+            if sms.auth_token.expose() == sandbox_defaults::TWILIO_AUTH_TOKEN {
+                return Err(invalid(
+                    "WAVERIFY_TWILIO_AUTH_TOKEN",
+                    "is the public sandbox development value; use your account's token",
+                ));
+            }
+            if !secure_or_local(&sms.base_url) {
+                return Err(invalid(
+                    "WAVERIFY_SMS_URL",
+                    "must use https:// in live mode (http:// only to this machine)",
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Whether a base URL is https, or http to this machine only.
+fn secure_or_local(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let host = url.trim_start_matches("http://");
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|local| {
+        host == *local
+            || host.starts_with(&format!("{local}:"))
+            || host.starts_with(&format!("{local}/"))
+    })
+}
+
+/// The default keeps the HTTP layer's reports of malformed requests from
+/// clients (logged as errors there) out of the log: anyone could flood it.
+const DEFAULT_LOG: &str = "info,actix_http::h1=off";
+
+fn log_filter(raw: Option<&str>) -> Result<String, ConfigError> {
+    let filter = raw.unwrap_or(DEFAULT_LOG);
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        invalid("WAVERIFY_LOG", format!("is not a tracing-subscriber filter ({e}), got {filter:?}"))
+    })?;
+    Ok(filter.to_owned())
 }
 
 fn sms_settings<'a>(
@@ -639,12 +713,33 @@ mod tests {
             ("WAVERIFY_ALLOWED_COUNTRIES", "US,XX"),
             ("WAVERIFY_TRUSTED_PROXY_HEADER", "bad header"),
             ("WAVERIFY_DAILY_SEND_BUDGET", "0"),
+            ("WAVERIFY_LOG", "garbage[["),
+            ("WAVERIFY_NUMBER_SENDS_PER_HOUR", "60"),
         ];
         for (name, value) in cases {
             let err = Settings::from_vars(&vars(&[(name, value)]), &Flags::default()).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}");
             assert!(err.to_string().starts_with(name));
         }
+    }
+
+    #[test]
+    fn live_mode_refuses_public_values_and_plain_http() {
+        let mut with_dev = live();
+        with_dev.push(("WAVERIFY_APP_SECRET", sandbox_defaults::APP_SECRET));
+        let err = Settings::from_vars(&vars(&with_dev), &Flags::default()).unwrap_err();
+        assert_eq!(err.variable, "WAVERIFY_APP_SECRET");
+        let mut plain = live();
+        plain.push(("WAVERIFY_GRAPH_URL", "http://graph.example.com"));
+        let err = Settings::from_vars(&vars(&plain), &Flags::default()).unwrap_err();
+        assert_eq!(err.variable, "WAVERIFY_GRAPH_URL");
+        let mut local = live();
+        local.push(("WAVERIFY_GRAPH_URL", "http://127.0.0.1:9000"));
+        assert!(Settings::from_vars(&vars(&local), &Flags::default()).is_ok());
+        let mut same = live();
+        same.push(("WAVERIFY_CODE_KEY_PREVIOUS", "a-code-key-that-is-at-least-32-characters"));
+        let err = Settings::from_vars(&vars(&same), &Flags::default()).unwrap_err();
+        assert_eq!(err.variable, "WAVERIFY_CODE_KEY_PREVIOUS");
     }
 
     #[test]

@@ -92,6 +92,13 @@ impl Application {
             let sandbox = sandbox.clone();
             App::new()
                 .wrap(middleware::from_fn(telemetry::trace_request))
+                // Answers carry codes (sandbox) and personal data: never
+                // cached, never sniffed into another type.
+                .wrap(
+                    middleware::DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("Cache-Control", "no-store")),
+                )
                 .app_data(state.clone())
                 .configure(routes::configure)
                 .configure(move |cfg| {

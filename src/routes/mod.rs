@@ -105,38 +105,39 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/verifications")
             .route(web::post().to(verifications::send_code))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/v1/verifications/{id}")
             .route(web::get().to(verifications::get))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("GET")),
     )
     .service(
         web::resource("/v1/verifications/{id}/check")
             .route(web::post().to(verifications::check))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/v1/verifications/{id}/cancel")
             .route(web::post().to(verifications::cancel))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/webhook")
             .route(web::get().to(webhook::handshake))
             .route(web::post().to(webhook::receive))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("GET, POST")),
     )
     .service(
         web::resource("/webhook/sms")
             .route(web::post().to(sms_webhook::receive))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/healthz")
             .route(web::get().to(health::check))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(health::check))
+            .default_service(not_allowed("GET, HEAD")),
     );
 }
 
@@ -144,6 +145,7 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// Answers 405 with the methods the resource does take.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)) })
 }

@@ -25,8 +25,9 @@ impl ClientLimiter {
         Self { limit: Limit::per(60, max), counts: Mutex::new(HashMap::new()) }
     }
 
-    /// Counts a call by `subject`; `Err(retry_after)` past the limit.
-    pub fn hit(&self, subject: &str, now: UnixTime) -> Result<(), i64> {
+    /// Counts a call by `subject`, allowed `share` times the limit;
+    /// `Err(retry_after)` past it.
+    pub fn hit(&self, subject: &str, now: UnixTime, share: u64) -> Result<(), i64> {
         let end = self.limit.window_end(now);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if counts.len() > SWEEP_ABOVE {
@@ -36,7 +37,7 @@ impl ClientLimiter {
         if entry.0 != end {
             *entry = (end, 0);
         }
-        if entry.1 >= self.limit.max {
+        if entry.1 >= self.limit.max.saturating_mul(share) {
             return Err(self.limit.retry_after(now));
         }
         entry.1 += 1;
@@ -71,11 +72,12 @@ mod tests {
     #[test]
     fn counts_per_subject_and_rolls_over() {
         let limiter = ClientLimiter::per_minute(2);
-        assert_eq!(limiter.hit("a", 60), Ok(()));
-        assert_eq!(limiter.hit("a", 119), Ok(()));
-        assert_eq!(limiter.hit("a", 119), Err(1));
-        assert_eq!(limiter.hit("b", 119), Ok(()));
-        assert_eq!(limiter.hit("a", 120), Ok(()));
+        assert_eq!(limiter.hit("a", 60, 1), Ok(()));
+        assert_eq!(limiter.hit("a", 119, 1), Ok(()));
+        assert_eq!(limiter.hit("a", 119, 1), Err(1));
+        assert_eq!(limiter.hit("b", 119, 1), Ok(()));
+        assert_eq!(limiter.hit("a", 120, 1), Ok(()));
+        assert_eq!(limiter.hit("k", 120, 3), Ok(()));
     }
 
     #[test]

@@ -116,17 +116,22 @@ fn respond(status: actix_web::http::StatusCode, v: &Verification, now: UnixTime)
         .json(VerificationView::new(v, now))
 }
 
-/// Counts a call against its client: the API key it presents and the
-/// address it comes from, together. There is one API key today, so this
-/// is in effect a limit per address.
+/// Counts a call against its client address, and against the API key,
+/// whose limit is ten times an address's: a login backend spread over a
+/// few addresses fits, and a caller that forges addresses (where a proxy
+/// header is trusted) is still capped.
 fn throttle_client(state: &AppState, req: &HttpRequest, now: UnixTime) -> Result<(), ApiError> {
+    let refused =
+        |retry_after| ApiError::TooManyRequests { throttle: Throttle::Client, retry_after };
     let header = state.limits.trusted_proxy_header.as_deref();
     let address =
         client_address(req, header).map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    state.clients.hit(&format!("api-key|{address}"), now).map_err(|retry_after| {
-        ApiError::TooManyRequests { throttle: Throttle::Client, retry_after }
-    })
+    state.clients.hit(&format!("address|{address}"), now, 1).map_err(refused)?;
+    state.clients.hit("api-key", now, API_KEY_SHARE).map_err(refused)
 }
+
+/// How many addresses' worth of calls the API key may make.
+const API_KEY_SHARE: u64 = 10;
 
 /// The `Idempotency-Key` header, if the request has one.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
@@ -184,7 +189,9 @@ pub async fn send_code(
 
     count_send(&state, &number_key, now)?;
     let plan = Plan { choice, purpose, first_channel };
-    let v = new_verification(&state, &to, number_key, plan, now)?;
+    let mut v = new_verification(&state, &to, number_key, plan, now)?;
+    // Kept with the verification, so the key is deleted when it is.
+    v.idempotency_keys.extend(key.clone());
     let purge_at = v.expires_at + state.retention_seconds;
     match state.store.create(&v, purge_at, now, idempotency)? {
         Ok(()) => {}
@@ -385,6 +392,13 @@ async fn resend(
         }
         NoResend::NotPending(status) => ApiError::NotPending(status),
     };
+    // A concurrent request with the same key may have created this very
+    // verification since the key was first looked up.
+    if let Some((key, fingerprint)) = idempotency {
+        if let Some(record) = state.store.idempotency(key)? {
+            return replay(state, &record, fingerprint, now);
+        }
+    }
     if let Some(refusal) = crate::store::Store::resend_refusal(active, now, rules) {
         return Err(refused(refusal));
     }

@@ -30,7 +30,7 @@ pub async fn handshake(
     let token_ok =
         field("hub.verify_token").is_some_and(|t| state.verify_token.matches(t.as_bytes()));
     match (field("hub.mode"), field("hub.challenge")) {
-        (Some("subscribe"), Some(challenge)) if token_ok => {
+        (Some("subscribe"), Some(challenge)) if token_ok && plausible(challenge) => {
             tracing::info!("webhook verification handshake answered");
             Ok(HttpResponse::Ok()
                 .content_type("text/plain; charset=utf-8")
@@ -41,6 +41,12 @@ pub async fn handshake(
             Err(ApiError::HandshakeRefused)
         }
     }
+}
+
+/// Meta's challenges are numbers; anything but a short run of visible
+/// ASCII is refused rather than echoed back.
+fn plausible(challenge: &str) -> bool {
+    (1..=256).contains(&challenge.len()) && challenge.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// `POST /webhook`: checks the signature over the raw bytes, then applies

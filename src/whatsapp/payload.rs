@@ -196,10 +196,16 @@ struct ErrorData {
 
 impl WireStatus {
     fn into_report(self) -> StatusReport {
-        let timestamp = self.timestamp.0.and_then(|t| match t {
-            Timestamp::Text(s) => s.trim().parse().ok(),
-            Timestamp::Number(n) => Some(n),
-        });
+        // A time outside 2001..3000 is no time Meta gives: the status keeps
+        // the time it was received instead.
+        let timestamp = self
+            .timestamp
+            .0
+            .and_then(|t| match t {
+                Timestamp::Text(s) => s.trim().parse().ok(),
+                Timestamp::Number(n) => Some(n),
+            })
+            .filter(|t: &i64| (1_000_000_000..32_503_680_000).contains(t));
         StatusReport {
             status: DeliveryStatus::from_webhook(&self.status),
             message_id: self.id,
@@ -234,7 +240,7 @@ mod tests {
                 {"field":"account_update","value":{"event":"X"}}]},
             {"id":"2","changes":[
                 {"field":"messages","value":{"statuses":[
-                    {"id":"wamid.B","status":"failed","timestamp":102,"errors":[
+                    {"id":"wamid.B","status":"failed","timestamp":1767225602,"errors":[
                         {"code":131026,"title":"Message undeliverable","error_data":{"details":"caf\u00e9 \/ x"}}]}]}}]}]}"#;
         let parsed = parse(body).unwrap();
         assert_eq!(parsed.skipped_changes, 1);
@@ -245,7 +251,7 @@ mod tests {
         let error = parsed.statuses[2].error.clone().unwrap();
         assert_eq!(error.code, Some(131026));
         assert_eq!(error.details.as_deref(), Some("café / x"));
-        assert_eq!(parsed.statuses[2].timestamp, Some(102));
+        assert_eq!(parsed.statuses[2].timestamp, Some(1_767_225_602));
     }
 
     #[test]
@@ -264,6 +270,24 @@ mod tests {
             let parsed =
                 parse(body).unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(body)));
             assert!(parsed.statuses.iter().all(|s| s.message_id == "w"));
+        }
+    }
+
+    #[test]
+    fn impossible_times_are_dropped() {
+        for (raw, want) in [
+            ("\"1767225600\"", Some(1_767_225_600)),
+            ("\" 1767225600\"", Some(1_767_225_600)),
+            ("1767225600", Some(1_767_225_600)),
+            ("\"9223372036854775807\"", None),
+            ("\"-5\"", None),
+            ("\"1e10\"", None),
+            ("\"42\"", None),
+        ] {
+            let body = format!(
+                r#"{{"entry":[{{"changes":[{{"field":"messages","value":{{"statuses":[{{"id":"w","status":"sent","timestamp":{raw}}}]}}}}]}}]}}"#
+            );
+            assert_eq!(parse(body.as_bytes()).unwrap().statuses[0].timestamp, want, "{raw}");
         }
     }
 

@@ -219,6 +219,20 @@ async fn behind_a_trusted_proxy_each_client_address_is_limited() {
     assert_eq!(third.problem(429), "rate-limited", "only the proxy's own entry counts");
     let other = app.send_code_reply(&fresh_number(), &from("198.51.100.2")).await;
     assert_eq!(other.status, 201, "another address has its own limit: {}", other.text);
+    // Forged addresses are still capped by the API key's limit, ten times
+    // an address's.
+    let mut accepted = 3;
+    for i in 0..30 {
+        let forged = format!("203.0.113.{i}");
+        let reply =
+            app.send_code_reply(&fresh_number(), &[("x-forwarded-for", forged.as_str())]).await;
+        if reply.status == 201 {
+            accepted += 1;
+        } else {
+            assert_eq!(reply.problem(429), "rate-limited");
+        }
+    }
+    assert_eq!(accepted, 20, "the API key allows ten addresses' worth");
 }
 
 #[actix_web::test]

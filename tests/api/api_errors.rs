@@ -21,7 +21,12 @@ async fn unknown_routes_and_methods_get_problems() {
     for (method, path, status, kind) in cases {
         let reply = app.request(method, path, &[("authorization", &auth)], None).await;
         assert_eq!(reply.problem(status), kind, "{method} {path}");
+        if status == 405 {
+            assert!(reply.headers.get("allow").is_some(), "{method} {path} names what is allowed");
+        }
     }
+    let head = app.request("HEAD", "/healthz", &[], None).await;
+    assert_eq!(head.status, 200);
 }
 
 #[actix_web::test]

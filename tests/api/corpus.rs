@@ -24,7 +24,13 @@ fn corpus_dir() -> Option<PathBuf> {
 fn corpus_files() -> Vec<(String, Vec<u8>)> {
     let Some(dir) = corpus_dir() else {
         if std::env::var("WAVERIFY_SKIP_CORPUS").as_deref() == Ok("1") {
-            eprintln!("\n!!! WEBHOOK CORPUS NOT FOUND: corpus tests SKIPPED (WAVERIFY_SKIP_CORPUS=1) !!!\n");
+            // Written to the process's stderr itself, past the test
+            // harness's capture, so that a skip is seen even on success.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "\n!!! WEBHOOK CORPUS NOT FOUND: corpus tests SKIPPED (WAVERIFY_SKIP_CORPUS=1) !!!\n"
+            );
             return Vec::new();
         }
         panic!(
