@@ -29,7 +29,10 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    // Grown as bytes arrive: a declared length reserves nothing up front,
+    // so a client cannot make the server hold memory it never sends.
+    let mut buffer =
+        BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(64 * 1024).min(limit));
     let read = async {
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| ApiError::BodyUnreadable(e.to_string()))?;

@@ -59,7 +59,12 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, body, WEBHOOK_LIMIT).await?;
-    let header = req.headers().get(signature::HEADER).map(|v| v.as_bytes());
+    let mut headers = req.headers().get_all(signature::HEADER);
+    let header = headers.next().map(|v| v.as_bytes());
+    if headers.next().is_some() {
+        // Two signatures are never Meta's; refuse rather than pick one.
+        return Err(ApiError::SignatureMalformed);
+    }
     state.webhook.verify(header, &body).map_err(|e| match e {
         SignatureError::Missing => ApiError::SignatureMissing,
         SignatureError::Malformed => ApiError::SignatureMalformed,

@@ -49,7 +49,7 @@ impl WebhookVerifier {
 /// `sha256=` and 64 hex digits. Meta sends lowercase; uppercase is accepted
 /// since it names the same bytes.
 fn parse_header(value: &[u8]) -> Option<[u8; 32]> {
-    let text = std::str::from_utf8(value).ok()?.trim();
+    let text = std::str::from_utf8(value.trim_ascii()).ok()?;
     let digits = text.strip_prefix(PREFIX)?;
     let mut tag = [0u8; 32];
     hex::decode_to_slice(digits, &mut tag).ok()?;

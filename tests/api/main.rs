@@ -11,6 +11,7 @@ mod graph_stub;
 mod helpers;
 mod logs;
 mod retention;
+mod robustness;
 mod sandbox;
 mod send_code;
 mod sms;
