@@ -55,8 +55,7 @@ pub async fn receive(
         callback,
         event: StatusEvent { status, timestamp: now, error },
     };
-    let tally = state.store.record_statuses(&[update], now)?;
-    state.store.commit().await?;
+    let tally = state.store.record_statuses(vec![update], now).await?;
     tracing::info!(
         status = reported,
         applied = tally.applied,

@@ -74,19 +74,25 @@ pub async fn receive(
 
     let now = state.clock.now();
     let updates = updates(&parsed.statuses, now);
-    let tally = state.store.record_statuses(&updates, now)?;
-    for failure in tally.failures.iter().filter(|f| f.channel == Channel::Whatsapp) {
+    let statuses = updates.len();
+    // Durable when it returns: see `Store::record_statuses`.
+    let tally = state.store.record_statuses(updates, now).await?;
+    let failures: Vec<_> =
+        tally.failures.iter().filter(|f| f.channel == Channel::Whatsapp).collect();
+    for failure in &failures {
         let (id, key, code) = (&failure.verification, &failure.number_key, failure.code);
         fallback::whatsapp_failed(&state.store, &state.fallback, id, key, code, now)?;
     }
-    state.store.commit().await?;
+    if !failures.is_empty() {
+        state.store.commit().await?;
+    }
 
     tracing::info!(
         statuses = parsed.statuses.len(),
         applied = tally.applied,
         unchanged = tally.unchanged,
         parked = tally.parked,
-        ignored = parsed.statuses.len() - updates.len(),
+        ignored = parsed.statuses.len() - statuses,
         skipped_changes = parsed.skipped_changes,
         "webhook stored"
     );

@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 
 use super::StoreError;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// What to do once the flush that covers a request's writes is over.
+type Waiter = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 #[derive(Clone)]
 pub(super) struct GroupCommit {
@@ -35,12 +36,24 @@ impl GroupCommit {
 
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.send(tx).map_err(|_| StoreError::CommitterGone)?;
+        self.after_flush(move |result| {
+            // A waiter whose request went away no longer needs an answer.
+            let _ = tx.send(result);
+        })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(StoreError::Flush(reason)),
             Err(_) => Err(StoreError::CommitterGone),
         }
+    }
+
+    /// Runs `then` once every write made before this call is on disk (or
+    /// the flush failed), on the flush thread.
+    pub(super) fn after_flush(
+        &self,
+        then: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.waiters.send(Box::new(then)).map_err(|_| StoreError::CommitterGone)
     }
 }
 
@@ -51,8 +64,7 @@ fn flush_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>) {
         batch.extend(rx.try_iter());
         let result = db.flush().map(drop).map_err(|e| e.to_string());
         for waiter in batch {
-            // A waiter whose request went away no longer needs an answer.
-            let _ = waiter.send(result.clone());
+            waiter(result.clone());
         }
     }
 }

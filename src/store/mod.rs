@@ -25,6 +25,7 @@ mod commit;
 mod counters;
 mod fallback;
 mod purge;
+mod writer;
 
 use std::path::Path;
 
@@ -42,6 +43,7 @@ use crate::domain::{
 };
 
 use commit::GroupCommit;
+use writer::StatusWriter;
 
 pub use counters::{Counter, Refused};
 pub use purge::{Purged, Sweeper};
@@ -183,6 +185,7 @@ pub struct Store {
     not_on_whatsapp: sled::Tree,
     state: sled::Tree,
     commit: GroupCommit,
+    statuses: StatusWriter,
 }
 
 fn time_key(at: UnixTime, suffix: &[u8]) -> Vec<u8> {
@@ -206,25 +209,39 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::from_db(sled::Config::new().path(dir).open()?)
+        // Every acknowledged write is flushed explicitly (group commit);
+        // sled's own timer would only add flushes that nothing waits for.
+        Self::from_db(sled::Config::new().path(dir).flush_every_ms(None).open()?)
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let verifications = db.open_tree("verifications")?;
+        let messages = db.open_tree("messages")?;
+        let parked = db.open_tree("parked")?;
+        let parked_by_time = db.open_tree("parked_by_time")?;
+        let trees = StatusTrees {
+            verifications: verifications.clone(),
+            messages: messages.clone(),
+            parked: parked.clone(),
+            parked_by_time: parked_by_time.clone(),
+        };
+        let commit = GroupCommit::start(db.clone());
         Ok(Self {
-            verifications: db.open_tree("verifications")?,
-            messages: db.open_tree("messages")?,
+            statuses: StatusWriter::start(commit.clone(), trees),
+            verifications,
+            messages,
             active: db.open_tree("active")?,
             idempotency: db.open_tree("idempotency")?,
             outbox: db.open_tree("outbox")?,
             counters: db.open_tree("counters")?,
-            parked: db.open_tree("parked")?,
-            parked_by_time: db.open_tree("parked_by_time")?,
+            parked,
+            parked_by_time,
             wipe_at: db.open_tree("wipe_at")?,
             purge_at: db.open_tree("purge_at")?,
             fallback_at: db.open_tree("fallback_at")?,
             not_on_whatsapp: db.open_tree("not_on_whatsapp")?,
             state: db.open_tree("state")?,
-            commit: GroupCommit::start(db.clone()),
+            commit,
             db,
         })
     }
@@ -462,8 +479,8 @@ impl Store {
         Ok(v)
     }
 
-    /// Applies the statuses of one webhook body, all or nothing: a body
-    /// either leaves every change it makes, or (on a storage failure) none.
+    /// Applies the statuses of one webhook body, all or nothing, and
+    /// returns once they are on disk.
     ///
     /// A status is matched by its message id; failing that, by the
     /// verification id in `biz_opaque_callback_data`, which covers a status
@@ -471,31 +488,75 @@ impl Store {
     /// never came. A status that matches nothing is parked, and applied by
     /// [`Store::record_send`] if its message turns up later; Meta cannot be
     /// asked for it again.
-    pub fn record_statuses(
+    ///
+    /// Bodies are applied by one writer thread, which takes every body
+    /// waiting, applies them in one transaction and flushes once: under
+    /// load one transaction and one fsync serve many webhooks, and the
+    /// request workers never wait on sled's transaction lock.
+    pub async fn record_statuses(
         &self,
-        updates: &[StatusUpdate],
+        updates: Vec<StatusUpdate>,
         now: UnixTime,
     ) -> Result<Tally, StoreError> {
         if updates.is_empty() {
             return Ok(Tally::default());
         }
+        self.statuses.apply(updates, now).await
+    }
+
+    /// The same without waiting for the disk, in the caller's thread.
+    pub fn apply_statuses(
+        &self,
+        updates: &[StatusUpdate],
+        now: UnixTime,
+    ) -> Result<Tally, StoreError> {
+        let mut tallies = self.status_trees().apply(&[(updates, now)])?;
+        Ok(tallies.pop().unwrap_or_default())
+    }
+
+    fn status_trees(&self) -> StatusTrees {
+        StatusTrees {
+            verifications: self.verifications.clone(),
+            messages: self.messages.clone(),
+            parked: self.parked.clone(),
+            parked_by_time: self.parked_by_time.clone(),
+        }
+    }
+}
+
+/// The trees a webhook writes.
+#[derive(Clone)]
+pub(crate) struct StatusTrees {
+    verifications: sled::Tree,
+    messages: sled::Tree,
+    parked: sled::Tree,
+    parked_by_time: sled::Tree,
+}
+
+impl StatusTrees {
+    /// Applies several bodies in one transaction: all of them, or none.
+    fn apply(&self, bodies: &[(&[StatusUpdate], UnixTime)]) -> Result<Vec<Tally>, StoreError> {
         let trees = (&self.verifications, &self.messages, &self.parked, &self.parked_by_time);
         let result = finish(trees.transaction(|(vt, mt, pt, ptt)| {
-            let mut tally = Tally::default();
-            for update in updates {
-                match apply_to_verification(vt, mt, update)? {
-                    Some((true, failure)) => {
-                        tally.applied += 1;
-                        tally.failures.extend(failure);
-                    }
-                    Some((false, _)) => tally.unchanged += 1,
-                    None => {
-                        park(pt, ptt, update, now)?;
-                        tally.parked += 1;
+            let mut tallies = Vec::with_capacity(bodies.len());
+            for (updates, now) in bodies {
+                let mut tally = Tally::default();
+                for update in updates.iter() {
+                    match apply_to_verification(vt, mt, update)? {
+                        Some((true, failure)) => {
+                            tally.applied += 1;
+                            tally.failures.extend(failure);
+                        }
+                        Some((false, _)) => tally.unchanged += 1,
+                        None => {
+                            park(pt, ptt, update, *now)?;
+                            tally.parked += 1;
+                        }
                     }
                 }
+                tallies.push(tally);
             }
-            Ok(tally)
+            Ok(tallies)
         }));
         Ok(result?.unwrap_or_else(|never: std::convert::Infallible| match never {}))
     }

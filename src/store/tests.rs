@@ -53,14 +53,14 @@ fn statuses_before_the_send_is_recorded_are_parked_then_applied() {
         update("wamid.A", DeliveryStatus::Delivered, 5),
         update("wamid.A", DeliveryStatus::Sent, 4),
     ];
-    let tally = store.record_statuses(&early, 100).unwrap();
+    let tally = store.apply_statuses(&early, 100).unwrap();
     assert_eq!((tally.applied, tally.unchanged, tally.parked), (0, 0, 2));
     let after = accepted(&store, &v, "wamid.A");
     assert_eq!(after.delivery().status, DeliveryStatus::Delivered);
     assert_eq!(after.delivery().timestamps.len(), 2);
     assert!(store.outbox().unwrap().is_empty(), "the answered send left the outbox");
     assert!(store.parked.is_empty(), "claimed statuses leave the parking");
-    let late = store.record_statuses(&[update("wamid.A", DeliveryStatus::Read, 6)], 100).unwrap();
+    let late = store.apply_statuses(&[update("wamid.A", DeliveryStatus::Read, 6)], 100).unwrap();
     assert_eq!(late.applied, 1);
 }
 
@@ -71,8 +71,8 @@ fn purge_deletes_what_is_due_and_nothing_else() {
     insert(&store, &due, 5_000);
     insert(&store, &kept, 5_001);
     accepted(&store, &due, "wamid.DUE");
-    store.record_statuses(&[update("wamid.STRAY", DeliveryStatus::Read, 1)], 4_000).unwrap();
-    store.record_statuses(&[update("wamid.FRESH", DeliveryStatus::Read, 1)], 4_500).unwrap();
+    store.apply_statuses(&[update("wamid.STRAY", DeliveryStatus::Read, 1)], 4_000).unwrap();
+    store.apply_statuses(&[update("wamid.FRESH", DeliveryStatus::Read, 1)], 4_500).unwrap();
 
     let early = store.purge(5_000, 4_000).unwrap();
     assert_eq!((early.verifications, early.parked), (0, 0), "nothing is due yet");
@@ -240,11 +240,11 @@ proptest! {
             rest = tail;
         }
         for batch in &batches {
-            store.record_statuses(batch, 50).unwrap();
+            store.apply_statuses(batch, 50).unwrap();
         }
         accepted(&store, &v, "wamid.P");
         for chunk in after.chunks(cuts[0]) {
-            store.record_statuses(chunk, 50).unwrap();
+            store.apply_statuses(chunk, 50).unwrap();
         }
 
         let got = store.get(&v.id).unwrap().unwrap().delivery().clone();

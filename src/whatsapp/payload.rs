@@ -35,8 +35,19 @@ pub struct Parsed {
 pub struct NotJson(#[from] serde_json::Error);
 
 /// Reads every status of every change of every entry.
+///
+/// Meta's bodies have the expected shape, and are read in one pass; only a
+/// body that does not is read again, part by part, with tolerance.
 pub fn parse(body: &[u8]) -> Result<Parsed, NotJson> {
     let body = repair_lone_surrogates(body);
+    // JSON is UTF-8 throughout, skipped fields included; the one-pass
+    // reader does not look inside what it skips, so check it all first.
+    if let Err(e) = std::str::from_utf8(&body) {
+        return Err(NotJson(serde::de::Error::custom(format!("invalid UTF-8: {e}"))));
+    }
+    if let Ok(parsed) = fast::parse(&body) {
+        return Ok(parsed);
+    }
     let body: Lenient<Body> = serde_json::from_slice(&body)?;
     let mut parsed = Parsed::default();
     let entries = body.0.map(|b| b.entry.0).unwrap_or_default();
@@ -51,6 +62,106 @@ pub fn parse(body: &[u8]) -> Result<Parsed, NotJson> {
         parsed.statuses.extend(value.statuses.0.into_iter().map(WireStatus::into_report));
     }
     Ok(parsed)
+}
+
+/// The one-pass reading of a body of the expected shape: fields borrowed
+/// from the body where they hold no escapes, unknown ones skipped unread.
+mod fast {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+
+    use super::{Parsed, StatusReport, Timestamp};
+    use crate::domain::{DeliveryError, DeliveryStatus};
+
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(default, borrow)]
+        entry: Vec<Entry<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Entry<'a> {
+        #[serde(default, borrow)]
+        changes: Vec<Change<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Change<'a> {
+        #[serde(default, borrow)]
+        field: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        value: Option<Value<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Value<'a> {
+        #[serde(default, borrow)]
+        statuses: Vec<Status<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Status<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+        #[serde(borrow)]
+        status: Cow<'a, str>,
+        #[serde(default)]
+        timestamp: Option<Timestamp>,
+        #[serde(default, borrow)]
+        biz_opaque_callback_data: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        errors: Vec<Error<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Error<'a> {
+        #[serde(default)]
+        code: Option<i64>,
+        #[serde(default, borrow)]
+        title: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        message: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        error_data: Option<ErrorData<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct ErrorData<'a> {
+        #[serde(default, borrow)]
+        details: Option<Cow<'a, str>>,
+    }
+
+    pub(super) fn parse(body: &[u8]) -> Result<Parsed, serde_json::Error> {
+        let body: Body = serde_json::from_slice(body)?;
+        let mut parsed = Parsed::default();
+        for change in body.entry.into_iter().flat_map(|e| e.changes) {
+            match (change.field.as_deref(), change.value) {
+                (Some("messages"), Some(value)) => {
+                    parsed.statuses.extend(value.statuses.into_iter().map(report));
+                }
+                _ => parsed.skipped_changes += 1,
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn report(s: Status<'_>) -> StatusReport {
+        StatusReport {
+            status: DeliveryStatus::from_webhook(&s.status),
+            message_id: s.id.into_owned(),
+            timestamp: s.timestamp.and_then(Timestamp::seconds),
+            callback: s.biz_opaque_callback_data.map(Cow::into_owned),
+            error: s.errors.into_iter().next().map(|e| DeliveryError {
+                code: e.code,
+                title: e
+                    .title
+                    .or(e.message)
+                    .map_or_else(|| "unknown error".into(), Cow::into_owned),
+                details: e.error_data.and_then(|d| d.details).map(Cow::into_owned),
+            }),
+        }
+    }
 }
 
 /// Replaces every `\uXXXX` escape of a lone UTF-16 surrogate with `\ufffd`.
@@ -176,6 +287,18 @@ enum Timestamp {
     Number(i64),
 }
 
+impl Timestamp {
+    /// A time outside 2001..3000 is no time Meta gives: the status keeps
+    /// the time it was received instead.
+    fn seconds(self) -> Option<i64> {
+        let t = match self {
+            Self::Text(s) => s.trim().parse().ok()?,
+            Self::Number(n) => n,
+        };
+        (1_000_000_000..32_503_680_000).contains(&t).then_some(t)
+    }
+}
+
 #[derive(Deserialize)]
 struct WireError {
     #[serde(default)]
@@ -196,16 +319,7 @@ struct ErrorData {
 
 impl WireStatus {
     fn into_report(self) -> StatusReport {
-        // A time outside 2001..3000 is no time Meta gives: the status keeps
-        // the time it was received instead.
-        let timestamp = self
-            .timestamp
-            .0
-            .and_then(|t| match t {
-                Timestamp::Text(s) => s.trim().parse().ok(),
-                Timestamp::Number(n) => Some(n),
-            })
-            .filter(|t: &i64| (1_000_000_000..32_503_680_000).contains(t));
+        let timestamp = self.timestamp.0.and_then(Timestamp::seconds);
         StatusReport {
             status: DeliveryStatus::from_webhook(&self.status),
             message_id: self.id,
