@@ -61,6 +61,10 @@ Also check that the app is subscribed to the WhatsApp Business Account, or no st
 arrive: GET (or POST to subscribe) https://graph.facebook.com/<version>/<waba-id>/subscribed_apps
 with the system-user access token.
 
+For SMS (Twilio) status callbacks, start waverify with this address as its public URL:
+    WAVERIFY_PUBLIC_URL=${base}
+(the callbacks go to ${base}/webhook/sms, and their signatures are checked against it).
+
 A free ngrok address changes every time ngrok starts: register the new URL each time.
 EOF
   if [[ -z "${WAVERIFY_VERIFY_TOKEN-}" ]]; then
