@@ -10,9 +10,10 @@
 //!   cool-down the next send tries WhatsApp again, and a new failure
 //!   switches it off again.
 //! - An `auto` verification whose WhatsApp send failed falls back to SMS
-//!   at once, whatever the error class: pair-rate and throughput limits
-//!   included (waiting them out would outlast a login). Transient errors
-//!   got their one retry in the outbox before they count as failures.
+//!   at once, whatever the error class. Pair-rate and throughput limits
+//!   too, unless `WAVERIFY_ON_WHATSAPP_LIMIT=wait`: then it falls back at
+//!   its deadline, if nothing was delivered by then. Transient errors got
+//!   their one retry in the outbox before they count as failures.
 
 use crate::clock::UnixTime;
 use crate::domain::VerificationId;
@@ -33,8 +34,8 @@ pub fn whatsapp_failed(
     if code == Some(NOT_ON_WHATSAPP) && settings.not_on_whatsapp_memory > 0 {
         store.remember_not_on_whatsapp(number_key, now + settings.not_on_whatsapp_memory)?;
     }
-    if let Some(code) = code {
-        let class = ErrorClass::of(code);
+    let class = code.map(ErrorClass::of);
+    if let Some((code, class)) = code.zip(class) {
         if matches!(class, ErrorClass::SenderBlocked | ErrorClass::TemplateDisabled) {
             let until = now + settings.breaker_cooldown;
             if store.switch_whatsapp_off(until, now)? {
@@ -46,6 +47,11 @@ pub fn whatsapp_failed(
                 );
             }
         }
+    }
+    let limited = matches!(class, Some(ErrorClass::PairRateLimit | ErrorClass::Throughput));
+    if limited && settings.wait_on_limits {
+        // The deadline filed at creation will look again.
+        return Ok(());
     }
     store.schedule_fallback(verification, now)
 }

@@ -111,6 +111,9 @@ pub struct FallbackSettings {
     /// Seconds WhatsApp stays off for everyone once the business account
     /// is in trouble.
     pub breaker_cooldown: i64,
+    /// On a pair-rate or throughput limit, wait for the deadline (and a
+    /// late delivery) rather than fall back at once.
+    pub wait_on_limits: bool,
 }
 
 /// Limits against toll fraud and guessing. Every one is configurable.
@@ -222,6 +225,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (
         "WAVERIFY_BREAKER_COOLDOWN",
         "seconds WhatsApp stays off after the account is blocked (default 300)",
+    ),
+    (
+        "WAVERIFY_ON_WHATSAPP_LIMIT",
+        "fallback (default) or wait: what auto does on a pair-rate or throughput limit",
     ),
     ("WAVERIFY_RETENTION", "seconds a verification is kept after it expires (default 86400)"),
     (
@@ -425,6 +432,16 @@ impl Settings {
                 )? as i64,
                 breaker_cooldown: number(get, "WAVERIFY_BREAKER_COOLDOWN", 300, 10..=86_400)?
                     as i64,
+                wait_on_limits: match get("WAVERIFY_ON_WHATSAPP_LIMIT").unwrap_or("fallback") {
+                    "fallback" => false,
+                    "wait" => true,
+                    other => {
+                        return Err(invalid(
+                            "WAVERIFY_ON_WHATSAPP_LIMIT",
+                            format!("must be fallback or wait, got {other:?}"),
+                        ))
+                    }
+                },
             },
             retention: seconds(get, "WAVERIFY_RETENTION", 86_400, 60..=30 * 86_400)?,
             request_timeout: seconds(get, "WAVERIFY_REQUEST_TIMEOUT", 10, 1..=120)?,

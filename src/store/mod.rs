@@ -188,6 +188,9 @@ pub struct Store {
     statuses: StatusWriter,
 }
 
+/// sled's page cache; its default is 1 GiB.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 fn time_key(at: UnixTime, suffix: &[u8]) -> Vec<u8> {
     // Big-endian of a non-negative time sorts like the time itself.
     let mut key = (at.max(0) as u64).to_be_bytes().to_vec();
@@ -211,7 +214,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // Every acknowledged write is flushed explicitly (group commit);
         // sled's own timer would only add flushes that nothing waits for.
-        Self::from_db(sled::Config::new().path(dir).flush_every_ms(None).open()?)
+        // The page cache is bounded, so resident memory stays flat however
+        // much the store holds.
+        let config = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES);
+        Self::from_db(config.open()?)
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {

@@ -310,3 +310,25 @@ async fn the_sandbox_falls_back_and_lists_the_sms() {
         assert_eq!(v["delivery"]["error"]["code"].as_i64(), code, "{number}: {v}");
     }
 }
+
+#[actix_web::test]
+async fn a_pair_rate_limit_falls_back_at_once_or_at_the_deadline_as_configured() {
+    let pair_rate = r#"{"error":{"message":"(#131056) (Business Account, Consumer Account) pair rate limit hit","type":"OAuthException","code":131056,"fbtrace_id":"X"}}"#;
+
+    let now = spawn_app_with_sms(&[]).await;
+    now.graph().queue(Answer::json(400, pair_rate));
+    let id = id_of(&send(&now, &fresh_number(), "auto").await);
+    assert_eq!(sends(&now, &id, 2).await["attempts"][1]["channel"], "sms", "at once by default");
+
+    let waiting = spawn_app_with_sms(&[
+        ("WAVERIFY_ON_WHATSAPP_LIMIT", "wait"),
+        ("WAVERIFY_FALLBACK_AFTER", "30"),
+    ])
+    .await;
+    waiting.graph().queue(Answer::json(400, pair_rate));
+    let id = id_of(&send(&waiting, &fresh_number(), "auto").await);
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waiting.poll(&id).await["attempts"].as_array().unwrap().len(), 1, "it waits");
+    waiting.clock.advance(30);
+    assert_eq!(sends(&waiting, &id, 2).await["attempts"][1]["channel"], "sms", "at the deadline");
+}
