@@ -348,7 +348,17 @@ run() {
 }
 
 run ceiling ceiling.lua /healthz
+# Resident memory and store size around the webhook run, and at its middle:
+# a long run (-d 40 and more) shows whether they stay flat.
+rss_webhook_before="$(rss_kib)"
+dir_webhook_before="$(dir_kib)"
+(sleep "$((duration / 2))" && rss_kib >"$work/rss_mid") &
+mid_sampler=$!
 run webhook webhook.lua /webhook
+wait "$mid_sampler" 2>/dev/null || true
+rss_webhook_mid="$(cat "$work/rss_mid" 2>/dev/null || echo 0)"
+rss_webhook_after="$(rss_kib)"
+dir_webhook_after="$(dir_kib)"
 run check-code check.lua /
 
 rss_end="$(rss_kib)"
@@ -439,4 +449,11 @@ awk -v a="$rss_start" -v b="$rss_setup" -v c="$rss_end" \
     printf "server RSS: %.1f MiB at start, %.1f MiB after setup, %.1f MiB at the end\n", \
       a / 1024, b / 1024, c / 1024
     printf "data dir:   %.1f MiB after setup, %.1f MiB at the end\n", d / 1024, e / 1024
+  }'
+awk -v n="$(field requests "${result[webhook]}")" -v a="$rss_webhook_before" \
+  -v m="$rss_webhook_mid" -v b="$rss_webhook_after" -v c="$dir_webhook_before" \
+  -v d="$dir_webhook_after" 'BEGIN {
+    printf "webhook run (%d requests): RSS %.1f MiB before, %.1f MiB halfway, %.1f MiB after;", \
+      n, a / 1024, m / 1024, b / 1024
+    printf " data dir %.1f MiB before, %.1f MiB after\n", c / 1024, d / 1024
   }'
