@@ -103,24 +103,13 @@ impl AppState {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/verifications")
-            .route(web::post().to(verifications::send_code))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        web::resource("/v1/verifications/{id}")
-            .route(web::get().to(verifications::get))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        web::resource("/v1/verifications/{id}/check")
-            .route(web::post().to(verifications::check))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        web::resource("/v1/verifications/{id}/cancel")
-            .route(web::post().to(verifications::cancel))
-            .default_service(not_allowed("POST")),
+        web::scope("/v1/verifications")
+            .service(
+                web::resource("")
+                    .route(web::post().to(verifications::send_code))
+                    .default_service(not_allowed("POST")),
+            )
+            .default_service(web::to(verifications::by_id)),
     )
     .service(
         web::resource("/webhook")
