@@ -17,4 +17,5 @@ pub mod sms;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod whatsapp;

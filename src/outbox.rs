@@ -27,6 +27,7 @@ use crate::fallback;
 use crate::settings::{FallbackSettings, GraphSettings, SmsSettings};
 use crate::sms::{SmsClient, SmsError};
 use crate::store::{Store, StoreError};
+use crate::transport::Transport;
 use crate::whatsapp::{ErrorClass, GraphClient, SendError};
 
 /// Wait before the one retry of a transient failure.
@@ -116,7 +117,8 @@ impl Failed {
     fn transient(&self) -> bool {
         match self {
             Self::WhatsApp(e) => {
-                e.class() == ErrorClass::Transient && !matches!(e, SendError::Timeout(_))
+                e.class() == ErrorClass::Transient
+                    && !matches!(e, SendError::Transport(Transport::Timeout(_)))
             }
             Self::Sms(e) => e.is_transient(),
             Self::Unavailable(_) => false,
@@ -260,8 +262,10 @@ fn log_failure(id: &VerificationId, channel: Channel, failed: &Failed) {
                 SendError::Meta { code, http_status, fbtrace_id, .. } => {
                     (Some(*code), Some(*http_status), fbtrace_id.as_deref())
                 }
-                SendError::BadAnswer { http_status, .. } => (None, Some(*http_status), None),
-                SendError::Timeout(_) | SendError::Unreachable(_) => (None, None, None),
+                SendError::Transport(Transport::BadAnswer { http_status, .. }) => {
+                    (None, Some(*http_status), None)
+                }
+                SendError::Transport(_) => (None, None, None),
             };
             if class.needs_operator() {
                 tracing::error!(verification_id = %id, class = class.as_str(), code, http_status, fbtrace_id, reason = %error, "whatsapp send refused: check the configuration");

@@ -2,13 +2,11 @@
 
 use std::time::Duration;
 
-use awc::error::SendRequestError;
 use serde::Deserialize;
 
 use crate::domain::{Code, DeliveryError, PhoneNumber, VerificationId};
 use crate::settings::{Secret, SmsSettings};
-
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+use crate::transport::{self, Transport};
 
 pub struct SmsClient {
     http: awc::Client,
@@ -24,26 +22,25 @@ pub struct SmsClient {
 pub enum SmsError {
     #[error("sms provider error {code}: {message}")]
     Provider { http_status: u16, code: i64, message: String },
-    #[error("no answer from the sms provider within {0:?}")]
-    Timeout(Duration),
-    #[error("the sms provider could not be reached: {0}")]
-    Unreachable(String),
-    #[error("unexpected sms provider answer (http {http_status}): {reason}")]
-    BadAnswer { http_status: u16, reason: String },
+    #[error("sms provider: {0}")]
+    Transport(#[from] Transport),
 }
 
 impl SmsError {
     /// Whether the message certainly was not taken.
     pub fn is_definitive(&self) -> bool {
-        matches!(self, Self::Provider { .. } | Self::Unreachable(_))
+        match self {
+            Self::Provider { .. } => true,
+            Self::Transport(t) => t.is_definitive(),
+        }
     }
 
     /// A fault on the provider's side that one retry may get past.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Provider { http_status, code, .. } => *http_status >= 500 || *code == 20429,
-            Self::Unreachable(_) | Self::BadAnswer { .. } => true,
-            Self::Timeout(_) => false,
+            Self::Transport(Transport::Timeout(_)) => false,
+            Self::Transport(_) => true,
         }
     }
 
@@ -54,21 +51,7 @@ impl SmsError {
                 title: "SMS refused".into(),
                 details: Some(message.clone()),
             },
-            Self::Timeout(d) => DeliveryError {
-                code: None,
-                title: "SMS provider timeout".into(),
-                details: Some(format!("no answer within {} s", d.as_secs())),
-            },
-            Self::Unreachable(_) => DeliveryError {
-                code: None,
-                title: "SMS provider unreachable".into(),
-                details: Some("the connection to the SMS provider failed".into()),
-            },
-            Self::BadAnswer { http_status, .. } => DeliveryError {
-                code: None,
-                title: "Unexpected SMS provider answer".into(),
-                details: Some(format!("HTTP {http_status} without a provider body")),
-            },
+            Self::Transport(t) => t.to_delivery_error("SMS provider"),
         }
     }
 }
@@ -87,14 +70,8 @@ struct ProviderError {
 
 impl SmsClient {
     pub fn new(settings: &SmsSettings) -> Self {
-        let connector = awc::Connector::new().timeout(settings.timeout);
-        let http = awc::Client::builder()
-            .connector(connector)
-            .timeout(settings.timeout)
-            .disable_redirects()
-            .finish();
         Self {
-            http,
+            http: transport::client(settings.timeout),
             messages_url: format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",
                 settings.base_url, settings.account_sid
@@ -125,37 +102,22 @@ impl SmsClient {
             ("Body", body.as_str()),
             ("StatusCallback", callback.as_str()),
         ];
-        let exchange =
-            async {
-                let mut response = self
-                    .http
-                    .post(&self.messages_url)
-                    .basic_auth(&self.account_sid, self.token.expose())
-                    .send_form(&form)
-                    .await
-                    .map_err(|e| match e {
-                        SendRequestError::Timeout => SmsError::Timeout(self.timeout),
-                        SendRequestError::Connect(e) => SmsError::Unreachable(e.to_string()),
-                        other => SmsError::BadAnswer { http_status: 0, reason: other.to_string() },
-                    })?;
-                let http_status = response.status().as_u16();
-                let bytes = response.body().limit(MAX_ANSWER_BYTES).await.map_err(|e| {
-                    SmsError::BadAnswer { http_status, reason: format!("body: {e}") }
-                })?;
-                interpret(http_status, &bytes)
-            };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(SmsError::Timeout(self.timeout)),
-        }
+        let send = self
+            .http
+            .post(&self.messages_url)
+            .basic_auth(&self.account_sid, self.token.expose())
+            .send_form(&form);
+        let (http_status, bytes) = transport::exchange(send, self.timeout).await?;
+        interpret(http_status, &bytes)
     }
 }
 
 fn interpret(http_status: u16, bytes: &[u8]) -> Result<String, SmsError> {
+    let bad = |reason: String| SmsError::Transport(Transport::BadAnswer { http_status, reason });
     if (200..300).contains(&http_status) {
-        return serde_json::from_slice::<Created>(bytes).map(|c| c.sid).map_err(|e| {
-            SmsError::BadAnswer { http_status, reason: format!("success body: {e}") }
-        });
+        return serde_json::from_slice::<Created>(bytes)
+            .map(|c| c.sid)
+            .map_err(|e| bad(format!("success body: {e}")));
     }
     match serde_json::from_slice::<ProviderError>(bytes) {
         Ok(error) => Err(SmsError::Provider {
@@ -163,9 +125,7 @@ fn interpret(http_status: u16, bytes: &[u8]) -> Result<String, SmsError> {
             code: error.code,
             message: error.message.unwrap_or_else(|| "no message".into()),
         }),
-        Err(_) => {
-            Err(SmsError::BadAnswer { http_status, reason: "not a provider error body".into() })
-        }
+        Err(_) => Err(bad("not a provider error body".into())),
     }
 }
 
@@ -184,6 +144,9 @@ mod tests {
         assert!(error.is_definitive() && !error.is_transient());
         assert_eq!(error.to_delivery_error().code, Some(21211));
         assert!(interpret(503, b"<html>").unwrap_err().is_transient());
-        assert!(matches!(interpret(201, b"{}"), Err(SmsError::BadAnswer { .. })));
+        assert!(matches!(
+            interpret(201, b"{}"),
+            Err(SmsError::Transport(Transport::BadAnswer { .. }))
+        ));
     }
 }

@@ -2,16 +2,13 @@
 
 use std::time::Duration;
 
-use awc::error::SendRequestError;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::domain::{Code, DeliveryError, PhoneNumber, VerificationId};
 use crate::settings::{GraphSettings, Secret};
+use crate::transport::{self, Transport};
 use crate::whatsapp::ErrorClass;
-
-/// Largest Graph API answer read; real ones are a few hundred bytes.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// A client of the Graph API messages endpoint. `awc::Client` is not
 /// `Send`, so each server worker builds its own.
@@ -45,28 +42,24 @@ pub enum SendError {
         details: Option<String>,
         fbtrace_id: Option<String>,
     },
-    #[error("no answer from the graph api within {0:?}")]
-    Timeout(Duration),
-    #[error("the graph api could not be reached: {0}")]
-    Unreachable(String),
-    #[error("unexpected graph api answer (http {http_status}): {reason}")]
-    BadAnswer { http_status: u16, reason: String },
+    #[error("graph api: {0}")]
+    Transport(#[from] Transport),
 }
 
 impl SendError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Meta { code, .. } => ErrorClass::of(*code),
-            Self::Timeout(_) | Self::Unreachable(_) | Self::BadAnswer { .. } => {
-                ErrorClass::Transient
-            }
+            Self::Transport(_) => ErrorClass::Transient,
         }
     }
 
-    /// Whether the message certainly was not taken. After a timeout or a
-    /// garbled answer Meta may still have accepted it and may still deliver.
+    /// Whether the message certainly was not taken.
     pub fn is_definitive(&self) -> bool {
-        matches!(self, Self::Meta { .. } | Self::Unreachable(_))
+        match self {
+            Self::Meta { .. } => true,
+            Self::Transport(t) => t.is_definitive(),
+        }
     }
 
     /// How the failure shows in the verification's `delivery.error`.
@@ -75,21 +68,7 @@ impl SendError {
             Self::Meta { code, title, details, .. } => {
                 DeliveryError { code: Some(*code), title: title.clone(), details: details.clone() }
             }
-            Self::Timeout(d) => DeliveryError {
-                code: None,
-                title: "Graph API timeout".into(),
-                details: Some(format!("no answer within {} s", d.as_secs())),
-            },
-            Self::Unreachable(_) => DeliveryError {
-                code: None,
-                title: "Graph API unreachable".into(),
-                details: Some("the connection to the Graph API failed".into()),
-            },
-            Self::BadAnswer { http_status, .. } => DeliveryError {
-                code: None,
-                title: "Unexpected Graph API answer".into(),
-                details: Some(format!("HTTP {http_status} without a Graph API body")),
-            },
+            Self::Transport(t) => t.to_delivery_error("Graph API"),
         }
     }
 }
@@ -139,14 +118,8 @@ struct ErrorData {
 
 impl GraphClient {
     pub fn new(settings: &GraphSettings) -> Self {
-        let connector = awc::Connector::new().timeout(settings.timeout);
-        let http = awc::Client::builder()
-            .connector(connector)
-            .timeout(settings.timeout)
-            .disable_redirects()
-            .finish();
         Self {
-            http,
+            http: transport::client(settings.timeout),
             messages_url: format!(
                 "{}/{}/{}/messages",
                 settings.base_url, settings.version, settings.phone_number_id
@@ -184,32 +157,9 @@ impl GraphClient {
                 ]
             }
         });
-        // The whole exchange, body included, is bounded, not only the wait
-        // for the response head.
-        match tokio::time::timeout(self.timeout, self.exchange(&body)).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Timeout(self.timeout)),
-        }
-    }
-
-    async fn exchange(&self, body: &serde_json::Value) -> Result<Sent, SendError> {
-        let mut response = self
-            .http
-            .post(&self.messages_url)
-            .bearer_auth(self.token.expose())
-            .send_json(body)
-            .await
-            .map_err(|e| match e {
-                SendRequestError::Timeout => SendError::Timeout(self.timeout),
-                SendRequestError::Connect(e) => SendError::Unreachable(e.to_string()),
-                other => SendError::BadAnswer { http_status: 0, reason: other.to_string() },
-            })?;
-        let http_status = response.status().as_u16();
-        let bytes = response
-            .body()
-            .limit(MAX_ANSWER_BYTES)
-            .await
-            .map_err(|e| SendError::BadAnswer { http_status, reason: format!("body: {e}") })?;
+        let send =
+            self.http.post(&self.messages_url).bearer_auth(self.token.expose()).send_json(&body);
+        let (http_status, bytes) = transport::exchange(send, self.timeout).await?;
         interpret(http_status, &bytes)
     }
 }
@@ -229,18 +179,17 @@ pub fn interpret(http_status: u16, bytes: &[u8]) -> Result<Sent, SendError> {
             fbtrace_id: error.fbtrace_id,
         });
     }
+    let bad = |reason: String| SendError::Transport(Transport::BadAnswer { http_status, reason });
     if !(200..300).contains(&http_status) {
-        return Err(SendError::BadAnswer {
-            http_status,
-            reason: "not a Graph API error body".into(),
-        });
+        return Err(bad("not a Graph API error body".into()));
     }
-    let body: SuccessBody = serde_json::from_slice(bytes)
-        .map_err(|e| SendError::BadAnswer { http_status, reason: format!("success body: {e}") })?;
-    let message = body.messages.into_iter().next().ok_or_else(|| SendError::BadAnswer {
-        http_status,
-        reason: "success body without a message id".into(),
-    })?;
+    let body: SuccessBody =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("success body: {e}")))?;
+    let message = body
+        .messages
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("success body without a message id".into()))?;
     Ok(Sent {
         message_id: message.id,
         wa_id: body.contacts.into_iter().next().and_then(|c| c.wa_id),
@@ -285,7 +234,10 @@ mod tests {
         ];
         for (status, body) in cases {
             let err = interpret(status, body).unwrap_err();
-            assert!(matches!(err, SendError::BadAnswer { .. }), "{status}: {err:?}");
+            assert!(
+                matches!(err, SendError::Transport(Transport::BadAnswer { .. })),
+                "{status}: {err:?}"
+            );
             assert!(!err.is_definitive());
         }
     }
