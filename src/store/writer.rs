@@ -28,7 +28,7 @@ pub(super) struct StatusWriter {
 
 /// The most bodies one transaction takes: a bound on its size and on how
 /// long the first body in it waits.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 16;
 
 impl StatusWriter {
     pub(super) fn start(commit: GroupCommit, trees: StatusTrees) -> Self {
