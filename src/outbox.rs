@@ -24,9 +24,9 @@ use crate::domain::{
     VerificationStatus,
 };
 use crate::fallback;
-use crate::settings::{FallbackSettings, GraphSettings, SmsSettings};
+use crate::settings::{FallbackSettings, GraphSettings, LimitSettings, SmsSettings};
 use crate::sms::{SmsClient, SmsError};
-use crate::store::{Store, StoreError};
+use crate::store::{send_hits, Store, StoreError};
 use crate::transport::Transport;
 use crate::whatsapp::{ErrorClass, GraphClient, SendError};
 
@@ -48,6 +48,8 @@ pub struct OutboxConfig {
     pub graph: GraphSettings,
     pub sms: Option<SmsSettings>,
     pub fallback: FallbackSettings,
+    /// A fallback SMS counts against the same limits as any send.
+    pub limits: LimitSettings,
     /// How often due fallbacks are looked for.
     pub tick: Duration,
 }
@@ -59,6 +61,7 @@ struct Worker {
     graph: GraphClient,
     sms: Option<SmsClient>,
     fallback: FallbackSettings,
+    limits: LimitSettings,
 }
 
 impl Outbox {
@@ -80,6 +83,7 @@ impl Outbox {
                     graph: GraphClient::new(&config.graph),
                     sms: config.sms.as_ref().map(SmsClient::new),
                     fallback: config.fallback,
+                    limits: config.limits,
                 });
                 let ticker = worker.clone();
                 let tick = actix_web::rt::spawn(async move {
@@ -114,12 +118,15 @@ enum Failed {
 }
 
 impl Failed {
+    /// Worth the one retry: a failure that certainly sent nothing and may
+    /// pass. After a timeout or a garbled answer the provider may have
+    /// taken the message, and a retry could deliver the code twice.
     fn transient(&self) -> bool {
         match self {
-            Self::WhatsApp(e) => {
-                e.class() == ErrorClass::Transient
-                    && !matches!(e, SendError::Transport(Transport::Timeout(_)))
+            Self::WhatsApp(SendError::Meta { code, .. }) => {
+                ErrorClass::of(*code) == ErrorClass::Transient
             }
+            Self::WhatsApp(SendError::Transport(t)) => matches!(t, Transport::Unreachable(_)),
             Self::Sms(e) => e.is_transient(),
             Self::Unavailable(_) => false,
         }
@@ -240,6 +247,18 @@ impl Worker {
         let off = self.store.whatsapp_off_until(now)?.is_some();
         let mut queued = Vec::new();
         for id in due {
+            let due_now = self.store.get(&id)?.filter(|v| v.fallback_due(now, off));
+            let Some(v) = due_now else { continue };
+            // An SMS costs like any send: the number's limits and the
+            // daily budget hold for fallbacks too.
+            if let Err(refused) = self.store.count(&send_hits(&self.limits, &v.number_key), now)? {
+                tracing::warn!(
+                    verification_id = %v.id,
+                    limit = ?refused.counter,
+                    "no fallback to sms: a send limit is reached"
+                );
+                continue;
+            }
             if let Some((v, index)) = self.store.fall_back(&id, now, off)? {
                 tracing::info!(verification_id = %v.id, "whatsapp did not deliver: falling back to sms");
                 queued.push(Job { id, index });

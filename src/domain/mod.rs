@@ -9,7 +9,7 @@ pub mod verification;
 pub use code::{Code, CodeError, CodeHasher};
 pub use keys::{Keyring, SendSecret};
 pub use limits::Limit;
-pub use phone::{PhoneError, PhoneNumber};
+pub use phone::{redact_numbers, PhoneError, PhoneNumber};
 pub use verification::{
     Attempt, Channel, ChannelChoice, CheckOutcome, CodeTag, Delivery, DeliveryError,
     DeliveryStatus, NewVerification, Purpose, SendOutcome, StatusEvent, Verification,

@@ -81,6 +81,39 @@ impl From<PhoneNumber> for String {
     }
 }
 
+/// Replaces whatever looks like a phone number in a provider's free text
+/// (a run of 7 or more digits, with an optional `+` and the usual
+/// separators) with `[number]`. Providers put the recipient's number in
+/// their error messages; these are logged and stored, numbers never are.
+pub fn redact_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '+' || chars[i].is_ascii_digit() {
+            let (mut end, mut digits, mut j) = (i, 0, i);
+            if chars[j] == '+' {
+                j += 1;
+            }
+            while j < chars.len() && (chars[j].is_ascii_digit() || " -.()".contains(chars[j])) {
+                if chars[j].is_ascii_digit() {
+                    digits += 1;
+                    end = j + 1;
+                }
+                j += 1;
+            }
+            if digits >= 7 {
+                out.push_str("[number]");
+                i = end;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Debug output is masked so that a stray `{:?}` cannot leak a number.
 impl fmt::Debug for PhoneNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,6 +160,24 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(PhoneNumber::parse(raw).unwrap().masked(), want, "input {raw}");
+        }
+    }
+
+    #[test]
+    fn numbers_in_free_text_are_redacted() {
+        let cases = [
+            (
+                "The 'To' number +4915112345679 is not valid.",
+                "The 'To' number [number] is not valid.",
+            ),
+            ("call +1 (555) 000-1234 now", "call [number] now"),
+            ("error 131026 at 12:30", "error 131026 at 12:30"),
+            ("id 1234567", "id [number]"),
+            ("", ""),
+            ("+", "+"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact_numbers(text), want, "{text:?}");
         }
     }
 

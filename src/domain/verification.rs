@@ -473,9 +473,13 @@ impl Verification {
                     timestamp: now,
                     error: Some(error.clone()),
                 });
-                // The code cannot arrive when the only send was refused and
-                // there is no other channel to try.
-                let nothing_else_out = self.sends.len() == 1 && self.fallback_at.is_none();
+                // The code cannot arrive when no send ever got a message
+                // out, every one failed, and no other channel is left to try.
+                let nothing_else_out = self.fallback_at.is_none()
+                    && self.sends.iter().all(|a| {
+                        a.delivery.message_id.is_none()
+                            && a.delivery.status == DeliveryStatus::Failed
+                    });
                 if *definitive && nothing_else_out && self.status == VerificationStatus::Pending {
                     self.finish(VerificationStatus::Failed);
                 }
@@ -487,16 +491,28 @@ impl Verification {
     /// `claim`, the latest send with no message id yet takes it: the id
     /// came back in `biz_opaque_callback_data` before (or instead of) the
     /// Graph API's answer.
-    pub fn send_for_message(&mut self, message_id: &str, claim: bool) -> Option<usize> {
-        if let Some(i) =
-            self.sends.iter().position(|a| a.delivery.message_id.as_deref() == Some(message_id))
+    ///
+    /// Only a send on `channel` matches: a provider reports only its own
+    /// messages, and its secret must not vouch for the other channel's.
+    pub fn send_for_message(
+        &mut self,
+        message_id: &str,
+        channel: Channel,
+        claim: bool,
+    ) -> Option<usize> {
+        let on_channel = |a: &Attempt| a.channel == channel;
+        if let Some(i) = self
+            .sends
+            .iter()
+            .position(|a| on_channel(a) && a.delivery.message_id.as_deref() == Some(message_id))
         {
             return Some(i);
         }
         if !claim {
             return None;
         }
-        let i = self.sends.iter().rposition(|a| a.delivery.message_id.is_none())?;
+        let i =
+            self.sends.iter().rposition(|a| on_channel(a) && a.delivery.message_id.is_none())?;
         self.sends[i].delivery.message_id = Some(message_id.to_owned());
         Some(i)
     }
@@ -642,7 +658,7 @@ mod tests {
         v.record_send(0, &SendOutcome::Failed { error, definitive: false }, 1_000);
         assert_eq!(v.status, VerificationStatus::Pending);
         assert_eq!(
-            v.send_for_message("wamid.late", true),
+            v.send_for_message("wamid.late", Channel::Whatsapp, true),
             Some(0),
             "its message id can still be claimed"
         );
@@ -675,7 +691,7 @@ mod tests {
     #[test]
     fn accepted_does_not_undo_a_status_that_came_first() {
         let mut v = verification(5);
-        let i = v.send_for_message("wamid.A", true).unwrap();
+        let i = v.send_for_message("wamid.A", Channel::Whatsapp, true).unwrap();
         v.sends[i].delivery.apply(&event(DeliveryStatus::Delivered, 3));
         v.record_send(i, &SendOutcome::Accepted { message_id: "wamid.A".into() }, 4);
         assert_eq!(v.delivery().status, DeliveryStatus::Delivered);
@@ -687,9 +703,14 @@ mod tests {
         v.record_send(0, &SendOutcome::Accepted { message_id: "wamid.1".into() }, 1_000);
         let second = v.add_send(1_060);
         v.record_send(second, &SendOutcome::Accepted { message_id: "wamid.2".into() }, 1_060);
-        assert_eq!(v.send_for_message("wamid.1", false), Some(0));
-        assert_eq!(v.send_for_message("wamid.2", true), Some(1));
-        assert_eq!(v.send_for_message("wamid.3", true), None, "no send is free to claim it");
+        assert_eq!(v.send_for_message("wamid.1", Channel::Whatsapp, false), Some(0));
+        assert_eq!(v.send_for_message("wamid.2", Channel::Whatsapp, true), Some(1));
+        assert_eq!(
+            v.send_for_message("wamid.3", Channel::Whatsapp, true),
+            None,
+            "no send is free to claim it"
+        );
+        assert_eq!(v.send_for_message("wamid.1", Channel::Sms, false), None, "another channel's");
     }
 
     #[test]

@@ -72,6 +72,7 @@ impl AppState {
             graph: settings.graph.clone(),
             sms: settings.sms.clone(),
             fallback: settings.fallback,
+            limits: settings.limits.clone(),
             tick: sweep_every.min(Duration::from_secs(1)),
         };
         let outbox = Outbox::start(store.clone(), keys.clone(), clock.clone(), config)?;

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::domain::{DeliveryStatus, StatusEvent, VerificationId};
+use crate::domain::{Channel, DeliveryStatus, StatusEvent, VerificationId};
 use crate::error::ApiError;
 use crate::routes::{read_limited, AppState};
 use crate::sms;
@@ -52,6 +52,7 @@ pub async fn receive(
         .and_then(|v| VerificationId::parse(&v));
     let update = StatusUpdate {
         message_id: message_id.to_owned(),
+        channel: Channel::Sms,
         callback,
         event: StatusEvent { status, timestamp: now, error },
     };

@@ -17,7 +17,9 @@ use crate::domain::{
 use crate::error::{ApiError, Throttle};
 use crate::routes::throttle::client_address;
 use crate::routes::{read_json, AppState, Authenticated};
-use crate::store::{Counter, IdempotencyRecord, NoResend, NotCreated, Refused, ResendRules};
+use crate::store::{
+    send_hits, Counter, IdempotencyRecord, NoResend, NotCreated, Refused, ResendRules,
+};
 
 /// Request bodies on `/v1` are tiny; anything larger is refused unread.
 const JSON_LIMIT: usize = 16 * 1024;
@@ -302,13 +304,7 @@ fn check_country(state: &AppState, to: &PhoneNumber) -> Result<(), ApiError> {
 /// Counts one send against the number's hourly and daily limits and the
 /// daily budget, all or nothing.
 fn count_send(state: &AppState, number_key: &str, now: UnixTime) -> Result<(), ApiError> {
-    let l = &state.limits;
-    let hits = [
-        (Counter::NumberSendsPerHour, number_key, Limit::per(HOUR, l.number_sends_per_hour)),
-        (Counter::NumberSendsPerDay, number_key, Limit::per(DAY, l.number_sends_per_day)),
-        (Counter::DailySendBudget, "all", Limit::per(DAY, l.daily_send_budget)),
-    ];
-    match state.store.count(&hits, now)? {
+    match state.store.count(&send_hits(&state.limits, number_key), now)? {
         Ok(()) => Ok(()),
         Err(Refused { counter, retry_after }) => {
             let throttle = if counter == Counter::DailySendBudget {

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::domain::{Channel, DeliveryStatus, StatusEvent, VerificationId};
+use crate::domain::{
+    redact_numbers, Channel, DeliveryError, DeliveryStatus, StatusEvent, VerificationId,
+};
 use crate::error::ApiError;
 use crate::fallback;
 use crate::routes::{read_limited, AppState};
@@ -99,6 +101,15 @@ pub async fn receive(
     Ok(HttpResponse::Ok().json(json!({"received": parsed.statuses.len()})))
 }
 
+/// A reported error as it may be stored: Meta's texts can hold numbers.
+fn redacted(error: &DeliveryError) -> DeliveryError {
+    DeliveryError {
+        code: error.code,
+        title: redact_numbers(&error.title),
+        details: error.details.as_deref().map(redact_numbers),
+    }
+}
+
 /// The statuses that are steps of delivery, as the store takes them.
 /// Other values (`played`, `deleted`, ...) are counted and dropped.
 fn updates(reports: &[StatusReport], now: i64) -> Vec<StatusUpdate> {
@@ -109,11 +120,12 @@ fn updates(reports: &[StatusReport], now: i64) -> Vec<StatusUpdate> {
             let failed = status == DeliveryStatus::Failed;
             Some(StatusUpdate {
                 message_id: report.message_id.clone(),
+                channel: Channel::Whatsapp,
                 callback: report.callback.as_deref().and_then(VerificationId::parse),
                 event: StatusEvent {
                     status,
                     timestamp: report.timestamp.unwrap_or(now),
-                    error: if failed { report.error.clone() } else { None },
+                    error: if failed { report.error.as_ref().map(redacted) } else { None },
                 },
             })
         })

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::{Code, DeliveryError, PhoneNumber, VerificationId};
+use crate::domain::{redact_numbers, Code, DeliveryError, PhoneNumber, VerificationId};
 use crate::settings::{Secret, SmsSettings};
 use crate::transport::{self, Transport};
 
@@ -35,12 +35,13 @@ impl SmsError {
         }
     }
 
-    /// A fault on the provider's side that one retry may get past.
+    /// A refusal that certainly sent nothing and that one retry may get
+    /// past: the provider's rate limit, or no connection at all. A 5xx or
+    /// an unreadable answer may hide a message that went out.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Provider { http_status, code, .. } => *http_status >= 500 || *code == 20429,
-            Self::Transport(Transport::Timeout(_)) => false,
-            Self::Transport(_) => true,
+            Self::Provider { http_status, code, .. } => *http_status < 500 && *code == 20429,
+            Self::Transport(t) => matches!(t, Transport::Unreachable(_)),
         }
     }
 
@@ -123,7 +124,7 @@ fn interpret(http_status: u16, bytes: &[u8]) -> Result<String, SmsError> {
         Ok(error) => Err(SmsError::Provider {
             http_status,
             code: error.code,
-            message: error.message.unwrap_or_else(|| "no message".into()),
+            message: redact_numbers(&error.message.unwrap_or_else(|| "no message".into())),
         }),
         Err(_) => Err(bad("not a provider error body".into())),
     }
@@ -143,7 +144,9 @@ mod tests {
         let error = refused.unwrap_err();
         assert!(error.is_definitive() && !error.is_transient());
         assert_eq!(error.to_delivery_error().code, Some(21211));
-        assert!(interpret(503, b"<html>").unwrap_err().is_transient());
+        assert!(!interpret(503, b"<html>").unwrap_err().is_transient(), "it may have gone out");
+        let limited = br#"{"code":20429,"message":"Too Many Requests","status":429}"#;
+        assert!(interpret(429, limited).unwrap_err().is_transient());
         assert!(matches!(
             interpret(201, b"{}"),
             Err(SmsError::Transport(Transport::BadAnswer { .. }))

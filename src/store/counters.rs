@@ -25,6 +25,21 @@ impl Counter {
     }
 }
 
+/// The counters one send to a number counts against, whatever its
+/// channel: the number's hour and day, and the daily budget.
+pub fn send_hits<'a>(
+    limits: &crate::settings::LimitSettings,
+    number_key: &'a str,
+) -> [(Counter, &'a str, Limit); 3] {
+    const HOUR: i64 = 3600;
+    const DAY: i64 = 86_400;
+    [
+        (Counter::NumberSendsPerHour, number_key, Limit::per(HOUR, limits.number_sends_per_hour)),
+        (Counter::NumberSendsPerDay, number_key, Limit::per(DAY, limits.number_sends_per_day)),
+        (Counter::DailySendBudget, "all", Limit::per(DAY, limits.daily_send_budget)),
+    ]
+}
+
 /// A limit said no; it allows again in `retry_after` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {

@@ -45,7 +45,7 @@ use crate::domain::{
 use commit::GroupCommit;
 use writer::StatusWriter;
 
-pub use counters::{Counter, Refused};
+pub use counters::{send_hits, Counter, Refused};
 pub use purge::{Purged, Sweeper};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,8 @@ fn stop<S>(because: S) -> ConflictableTransactionError<Stop<S>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusUpdate {
     pub message_id: String,
+    /// Whose provider reported it.
+    pub channel: Channel,
     /// The verification id waverify sent as `biz_opaque_callback_data`.
     pub callback: Option<VerificationId>,
     pub event: StatusEvent,
@@ -127,7 +129,8 @@ pub struct Failure {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Parked {
     first_seen: UnixTime,
-    events: Vec<StatusEvent>,
+    /// Each status with the channel whose provider reported it.
+    events: Vec<(Channel, StatusEvent)>,
 }
 
 /// An `Idempotency-Key` and what it was first used for.
@@ -469,7 +472,8 @@ impl Store {
                     mt.insert(message_id.as_str(), id.as_str())?;
                     if let Some(bytes) = pt.remove(message_id.as_str())? {
                         let parked: Parked = decode(&bytes).map_err(fail)?;
-                        for event in &parked.events {
+                        let channel = v.sends[index].channel;
+                        for (_, event) in parked.events.iter().filter(|(c, _)| *c == channel) {
                             v.sends[index].delivery.apply(event);
                         }
                     }
@@ -606,7 +610,8 @@ fn apply_to_verification<S>(
         .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
     let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else { return Ok(None) };
     let Some(mut v) = load(vt, &id)? else { return Ok(None) };
-    let Some(index) = v.send_for_message(&update.message_id, indexed.is_none()) else {
+    let Some(index) = v.send_for_message(&update.message_id, update.channel, indexed.is_none())
+    else {
         return Ok(None);
     };
     let changed = v.sends[index].delivery.apply(&update.event);
@@ -639,8 +644,9 @@ fn park<S>(
             Parked { first_seen: now, events: Vec::new() }
         }
     };
-    if !parked.events.contains(&update.event) {
-        parked.events.push(update.event.clone());
+    let entry = (update.channel, update.event.clone());
+    if !parked.events.contains(&entry) {
+        parked.events.push(entry);
         pt.insert(key, encode(&parked).map_err(fail)?)?;
     }
     Ok(())

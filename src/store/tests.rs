@@ -39,6 +39,7 @@ fn accepted(store: &Store, v: &Verification, message_id: &str) -> Verification {
 fn update(message_id: &str, status: DeliveryStatus, timestamp: i64) -> StatusUpdate {
     StatusUpdate {
         message_id: message_id.into(),
+        channel: Channel::Whatsapp,
         callback: None,
         event: StatusEvent { status, timestamp, error: None },
     }
@@ -226,6 +227,7 @@ proptest! {
             .iter()
             .map(|&i| StatusUpdate {
                 message_id: "wamid.P".into(),
+                channel: Channel::Whatsapp,
                 callback: None,
                 event: events[i].clone(),
             })

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::domain::{Code, DeliveryError, PhoneNumber, VerificationId};
+use crate::domain::{redact_numbers, Code, DeliveryError, PhoneNumber, VerificationId};
 use crate::settings::{GraphSettings, Secret};
 use crate::transport::{self, Transport};
 use crate::whatsapp::ErrorClass;
@@ -171,11 +171,13 @@ pub fn interpret(http_status: u16, bytes: &[u8]) -> Result<Sent, SendError> {
         return Err(SendError::Meta {
             http_status,
             code: error.code,
-            title: error
-                .message
-                .or(error.error_user_title)
-                .unwrap_or_else(|| "Graph API error".into()),
-            details: error.error_data.and_then(|d| d.details),
+            title: redact_numbers(
+                &error
+                    .message
+                    .or(error.error_user_title)
+                    .unwrap_or_else(|| "Graph API error".into()),
+            ),
+            details: error.error_data.and_then(|d| d.details).map(|d| redact_numbers(&d)),
             fbtrace_id: error.fbtrace_id,
         });
     }

@@ -332,3 +332,80 @@ async fn a_pair_rate_limit_falls_back_at_once_or_at_the_deadline_as_configured()
     waiting.clock.advance(30);
     assert_eq!(sends(&waiting, &id, 2).await["attempts"][1]["channel"], "sms", "at the deadline");
 }
+
+#[actix_web::test]
+async fn provider_texts_never_carry_a_number_into_the_store() {
+    let app = spawn_app_with_sms(&[]).await;
+    let number = "+4915112345679";
+    app.sms().queue(Answer::json(
+        400,
+        r#"{"code":21211,"message":"The 'To' number +4915112345679 is not a valid phone number.","more_info":"x","status":400}"#,
+    ));
+    let reply = app.post_json("/v1/verifications", &json!({"to": number, "channel": "sms"})).await;
+    let v = app.settled(&id_of(&reply.json())).await;
+    let details = v["delivery"]["error"]["details"].as_str().unwrap().to_owned();
+    assert_eq!(details, "The 'To' number [number] is not a valid phone number.");
+    assert_eq!(v["status"], "failed", "refused on its only channel");
+    app.stop().await;
+    for entry in std::fs::read_dir(app.data_dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        assert!(!bytes.windows(13).any(|w| w == b"4915112345679"), "the number reached the store");
+    }
+}
+
+#[actix_web::test]
+async fn each_provider_vouches_only_for_its_own_channel() {
+    let app = spawn_app_with_sms(&[("WAVERIFY_FALLBACK_AFTER", "30")]).await;
+    app.graph().queue(Answer::accepted("wamid.OWN"));
+    let id = id_of(&send(&app, &fresh_number(), "auto").await);
+    // The SMS provider's secret claims the WhatsApp message was delivered.
+    let forged = [("MessageSid", "wamid.OWN"), ("MessageStatus", "delivered")];
+    assert_eq!(app.sms_callback(&format!("?verification={id}"), &forged).await.status, 200);
+    assert_eq!(app.poll(&id).await["delivery"]["status"], "accepted", "not vouched for");
+    app.clock.advance(30);
+    let v = sends(&app, &id, 2).await;
+    assert_eq!(v["attempts"][1]["channel"], "sms", "the fallback still went out");
+
+    let sid = v["attempts"][1]["message_id"].as_str().unwrap().to_owned();
+    let meta_says_read = status_body(&[(sid.as_str(), "read", START + 60)]);
+    assert_eq!(app.webhook(&meta_says_read).await.status, 200);
+    assert_eq!(
+        app.poll(&id).await["attempts"][1]["status"],
+        "accepted",
+        "Meta cannot vouch for an SMS"
+    );
+}
+
+#[actix_web::test]
+async fn a_fallback_sms_counts_against_the_limits() {
+    let app = spawn_app_with_sms(&[("WAVERIFY_DAILY_SEND_BUDGET", "3")]).await;
+    app.graph().queue(Answer::json(400, NOT_ON_WHATSAPP));
+    let reply =
+        app.post_json("/v1/verifications", &json!({"to": fresh_number(), "channel": "auto"})).await;
+    sends(&app, &id_of(&reply.json()), 2).await;
+    app.graph().queue(Answer::json(400, NOT_ON_WHATSAPP));
+    let second =
+        app.post_json("/v1/verifications", &json!({"to": fresh_number(), "channel": "auto"})).await;
+    assert_eq!(second.status, 201, "the third send of the day");
+    let id = id_of(&second.json());
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let v = app.poll(&id).await;
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 1, "its fallback would be the fourth: {v}");
+    let third =
+        app.post_json("/v1/verifications", &json!({"to": fresh_number(), "channel": "sms"})).await;
+    assert_eq!(third.problem(429), "send-budget-exhausted");
+}
+
+#[actix_web::test]
+async fn auto_refused_on_both_channels_fails() {
+    let app = spawn_app_with_sms(&[]).await;
+    app.graph().queue(Answer::json(400, NOT_ON_WHATSAPP));
+    app.sms().queue(Answer::json(
+        400,
+        r#"{"code":21211,"message":"Invalid 'To' Phone Number","status":400}"#,
+    ));
+    let reply =
+        app.post_json("/v1/verifications", &json!({"to": fresh_number(), "channel": "auto"})).await;
+    let v = sends(&app, &id_of(&reply.json()), 2).await;
+    assert_eq!(v["status"], "failed", "{v}");
+}
