@@ -35,12 +35,12 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("the body could not be read whole")]
     BodyUnreadable(String),
-    #[error("the X-Hub-Signature-256 header is missing")]
-    SignatureMissing,
-    #[error("the X-Hub-Signature-256 header must be sha256= followed by 64 hex digits")]
-    SignatureMalformed,
-    #[error("the X-Hub-Signature-256 signature does not match the body")]
-    SignatureMismatch,
+    #[error("the {0} header is missing")]
+    SignatureMissing(&'static str),
+    #[error("the {0} header is malformed")]
+    SignatureMalformed(&'static str),
+    #[error("the {0} signature does not match the request")]
+    SignatureMismatch(&'static str),
     #[error("the verification handshake was refused")]
     HandshakeRefused,
     #[error("{}", .throttle.detail())]
@@ -135,9 +135,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
             Self::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             Self::BodyUnreadable(_) => ("body-unreadable", "Body could not be read"),
-            Self::SignatureMissing => ("signature-missing", "Signature missing"),
-            Self::SignatureMalformed => ("signature-malformed", "Signature malformed"),
-            Self::SignatureMismatch => ("signature-mismatch", "Signature mismatch"),
+            Self::SignatureMissing(_) => ("signature-missing", "Signature missing"),
+            Self::SignatureMalformed(_) => ("signature-malformed", "Signature malformed"),
+            Self::SignatureMismatch(_) => ("signature-mismatch", "Signature mismatch"),
             Self::HandshakeRefused => ("handshake-refused", "Handshake refused"),
             Self::TooManyRequests { throttle, .. } => throttle.kind(),
             Self::CountryNotAllowed => ("country-not-allowed", "Country not allowed"),
@@ -157,10 +157,10 @@ pub const PROBLEM_PREFIX: &str = "urn:waverify:problem:";
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Unauthorized | Self::SignatureMissing | Self::SignatureMalformed => {
+            Self::Unauthorized | Self::SignatureMissing(_) | Self::SignatureMalformed(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::SignatureMismatch | Self::HandshakeRefused => StatusCode::FORBIDDEN,
+            Self::SignatureMismatch(_) | Self::HandshakeRefused => StatusCode::FORBIDDEN,
             Self::InvalidBody(_)
             | Self::InvalidPhoneNumber(_)
             | Self::InvalidCode

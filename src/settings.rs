@@ -535,12 +535,38 @@ fn sms_settings<'a>(
         get("WAVERIFY_SMS_URL").unwrap_or(DEFAULT_SMS_URL),
         DEFAULT_SMS_URL,
     )?;
+    if let Some(url) = &public_url {
+        if url.contains('@') || url.ends_with("/webhook/sms") || url.ends_with("/webhook") {
+            return Err(invalid(
+                "WAVERIFY_PUBLIC_URL",
+                "must be the base address only (https://host[:port]), without credentials or /webhook",
+            ));
+        }
+        if mode == Mode::Live && !secure_or_local(url) {
+            return Err(invalid("WAVERIFY_PUBLIC_URL", "must use https:// in live mode"));
+        }
+    }
     let Some(sid) = get("WAVERIFY_TWILIO_ACCOUNT_SID") else {
-        return Ok((mode == Mode::Sandbox).then(|| SmsSettings {
+        if mode == Mode::Live {
+            for name in ["WAVERIFY_TWILIO_AUTH_TOKEN", "WAVERIFY_SMS_FROM"] {
+                if get(name).is_some() {
+                    return Err(invalid(
+                        "WAVERIFY_TWILIO_ACCOUNT_SID",
+                        format!("must be set when {name} is: SMS needs all of them"),
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        // The sandbox's SMS stand-in takes the token and sender given, and
+        // public development values for the rest.
+        return Ok(Some(SmsSettings {
             base_url: String::new(),
             account_sid: dev::TWILIO_ACCOUNT_SID.into(),
-            auth_token: Secret::new(dev::TWILIO_AUTH_TOKEN),
-            from: dev::SMS_FROM.into(),
+            auth_token: Secret::new(
+                get("WAVERIFY_TWILIO_AUTH_TOKEN").unwrap_or(dev::TWILIO_AUTH_TOKEN),
+            ),
+            from: get("WAVERIFY_SMS_FROM").unwrap_or(dev::SMS_FROM).into(),
             public_url: public_url.clone(),
             timeout,
         }));
@@ -555,6 +581,9 @@ fn sms_settings<'a>(
         get(name).ok_or_else(|| invalid(name, "must be set when WAVERIFY_TWILIO_ACCOUNT_SID is"))
     };
     let token = required("WAVERIFY_TWILIO_AUTH_TOKEN")?;
+    if token.len() < 16 {
+        return Err(invalid("WAVERIFY_TWILIO_AUTH_TOKEN", "must be at least 16 characters long"));
+    }
     let from = checked(
         "WAVERIFY_SMS_FROM",
         required("WAVERIFY_SMS_FROM")?,

@@ -61,8 +61,9 @@ pub async fn read_json<T: DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let bytes = read_limited(req, payload, limit).await?;
-    if bytes.is_empty() {
-        return Err(ApiError::InvalidBody("a JSON body is required".into()));
+    // serde would also read a struct from a JSON array of its fields.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidBody("the body must be a JSON object".into()));
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidBody(format!("invalid JSON: {e}")))
 }

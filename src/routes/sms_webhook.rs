@@ -6,6 +6,7 @@ use crate::domain::{Channel, DeliveryStatus, StatusEvent, VerificationId};
 use crate::error::ApiError;
 use crate::routes::{read_limited, AppState};
 use crate::sms;
+use crate::sms::signature::SignatureError;
 use crate::store::StatusUpdate;
 
 /// Status callbacks are a few hundred bytes of form fields.
@@ -28,16 +29,17 @@ pub async fn receive(
         query => format!("{}?{query}", settings.callback_url()),
     };
     let token = settings.auth_token.expose();
-    sms::signature::verify(token, &url, &params, header).map_err(|missing| {
-        if missing {
-            ApiError::SignatureMissing
-        } else {
-            ApiError::SignatureMismatch
-        }
+    let header_name = sms::signature::HEADER;
+    sms::signature::verify(token, &url, &params, header).map_err(|e| match e {
+        SignatureError::Missing => ApiError::SignatureMissing(header_name),
+        SignatureError::Malformed => ApiError::SignatureMalformed(header_name),
+        SignatureError::Mismatch => ApiError::SignatureMismatch(header_name),
     })?;
 
     let field = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let (Some(message_id), Some(reported)) = (field("MessageSid"), field("MessageStatus")) else {
+    let present = |name: &str| field(name).filter(|v| !v.is_empty());
+    let (Some(message_id), Some(reported)) = (present("MessageSid"), present("MessageStatus"))
+    else {
         return Err(ApiError::InvalidBody("MessageSid and MessageStatus are required".into()));
     };
     let Some(status) = sms::status(reported) else {

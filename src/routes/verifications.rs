@@ -27,7 +27,10 @@ const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with \"to\" and optionally \"channel\" and \"purpose\""
+)]
 struct SendCodeRequest {
     to: String,
     #[serde(default)]
@@ -37,7 +40,7 @@ struct SendCodeRequest {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an object with \"code\"")]
 struct CheckRequest {
     code: String,
 }
@@ -137,7 +140,11 @@ const API_KEY_SHARE: u64 = 10;
 
 /// The `Idempotency-Key` header, if the request has one.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let mut values = req.headers().get_all("idempotency-key");
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey);
+    }
     let key = value.to_str().map_err(|_| ApiError::InvalidIdempotencyKey)?;
     let ok = (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
     ok.then(|| Some(key.to_owned())).ok_or(ApiError::InvalidIdempotencyKey)

@@ -65,12 +65,12 @@ pub async fn receive(
     let header = headers.next().map(|v| v.as_bytes());
     if headers.next().is_some() {
         // Two signatures are never Meta's; refuse rather than pick one.
-        return Err(ApiError::SignatureMalformed);
+        return Err(ApiError::SignatureMalformed(signature::HEADER));
     }
     state.webhook.verify(header, &body).map_err(|e| match e {
-        SignatureError::Missing => ApiError::SignatureMissing,
-        SignatureError::Malformed => ApiError::SignatureMalformed,
-        SignatureError::Mismatch => ApiError::SignatureMismatch,
+        SignatureError::Missing => ApiError::SignatureMissing(signature::HEADER),
+        SignatureError::Malformed => ApiError::SignatureMalformed(signature::HEADER),
+        SignatureError::Mismatch => ApiError::SignatureMismatch(signature::HEADER),
     })?;
     let parsed = payload::parse(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 

@@ -8,6 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::hmac;
 
+pub use crate::whatsapp::SignatureError;
+
 pub const HEADER: &str = "X-Twilio-Signature";
 
 fn signed_text(url: &str, params: &[(String, String)]) -> Vec<u8> {
@@ -28,18 +30,21 @@ pub fn sign(token: &str, url: &str, params: &[(String, String)]) -> String {
     STANDARD.encode(hmac::sign(&key, &signed_text(url, params)).as_ref())
 }
 
-/// Compares in constant time (ring's `hmac::verify`). `Err(true)` when the
-/// header is missing or not base64, `Err(false)` when it does not match.
+/// Compares in constant time (ring's `hmac::verify`). The header must be
+/// the 20 bytes of an HMAC-SHA1 in standard base64.
 pub fn verify(
     token: &str,
     url: &str,
     params: &[(String, String)],
     header: Option<&[u8]>,
-) -> Result<(), bool> {
-    let header = header.ok_or(true)?;
-    let tag = STANDARD.decode(header.trim_ascii()).map_err(|_| true)?;
+) -> Result<(), SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    let tag = STANDARD.decode(header.trim_ascii()).map_err(|_| SignatureError::Malformed)?;
+    if tag.len() != 20 {
+        return Err(SignatureError::Malformed);
+    }
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, token.as_bytes());
-    hmac::verify(&key, &signed_text(url, params), &tag).map_err(|_| false)
+    hmac::verify(&key, &signed_text(url, params), &tag).map_err(|_| SignatureError::Mismatch)
 }
 
 #[cfg(test)]
@@ -64,12 +69,17 @@ mod tests {
         let url = "https://h/webhook/sms";
         let good = sign("token", url, &params());
         assert_eq!(verify("token", url, &params(), Some(good.as_bytes())), Ok(()));
-        assert_eq!(verify("token", url, &params(), None), Err(true));
-        assert_eq!(verify("token", url, &params(), Some(b"%%%")), Err(true));
-        assert_eq!(verify("other", url, &params(), Some(good.as_bytes())), Err(false));
-        assert_eq!(verify("token", "https://h/x", &params(), Some(good.as_bytes())), Err(false));
+        assert_eq!(verify("token", url, &params(), None), Err(SignatureError::Missing));
+        assert_eq!(verify("token", url, &params(), Some(b"%%%")), Err(SignatureError::Malformed));
+        assert_eq!(verify("token", url, &params(), Some(b"AAAA")), Err(SignatureError::Malformed));
+        let other = Some(good.as_bytes());
+        assert_eq!(verify("other", url, &params(), other), Err(SignatureError::Mismatch));
+        assert_eq!(verify("token", "https://h/x", &params(), other), Err(SignatureError::Mismatch));
         let mut changed = params();
         changed[0].1 = "failed".into();
-        assert_eq!(verify("token", url, &changed, Some(good.as_bytes())), Err(false));
+        assert_eq!(
+            verify("token", url, &changed, Some(good.as_bytes())),
+            Err(SignatureError::Mismatch)
+        );
     }
 }

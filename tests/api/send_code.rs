@@ -106,11 +106,18 @@ async fn malformed_bodies_are_400_problems() {
         b"{\"to\":\"+15550001234\",\"channel\":\"sms\",\"extra\":1}",
         b"{\"phone\":\"+15550001234\"}",
     ];
+    let arrays: [&[u8]; 2] = [b"[\"+15550001234\"]", b" [\"+15550001234\",\"sms\",\"login\"]"];
     for body in cases {
         let reply = app
             .request("POST", "/v1/verifications", &[("authorization", &auth)], Some(body.to_vec()))
             .await;
         assert_eq!(reply.problem(400), "invalid-body", "body {:?}", String::from_utf8_lossy(body));
+    }
+    for body in arrays {
+        let reply = app
+            .request("POST", "/v1/verifications", &[("authorization", &auth)], Some(body.to_vec()))
+            .await;
+        assert_eq!(reply.problem(400), "invalid-body", "a JSON array is no request");
     }
     let huge = vec![b' '; 100_000];
     let reply =

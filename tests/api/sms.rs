@@ -74,10 +74,20 @@ async fn signed_sms_callbacks_move_delivery_and_bad_ones_are_refused() {
     let body = serde_urlencoded::to_string(params).unwrap().into_bytes();
     let path = format!("/webhook/sms{query}");
     let form = ("content-type", "application/x-www-form-urlencoded");
+    let twenty_zero_bytes = "AAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     let forged = app
-        .request("POST", &path, &[form, ("x-twilio-signature", "AAAA")], Some(body.clone()))
+        .request(
+            "POST",
+            &path,
+            &[form, ("x-twilio-signature", twenty_zero_bytes)],
+            Some(body.clone()),
+        )
         .await;
     assert_eq!(forged.problem(403), "signature-mismatch");
+    let short = app
+        .request("POST", &path, &[form, ("x-twilio-signature", "AAAA")], Some(body.clone()))
+        .await;
+    assert_eq!(short.problem(401), "signature-malformed");
     let unsigned = app.request("POST", &path, &[form], Some(body)).await;
     assert_eq!(unsigned.problem(401), "signature-missing");
     let elsewhere =
@@ -114,6 +124,8 @@ async fn signed_sms_callbacks_move_delivery_and_bad_ones_are_refused() {
     assert_eq!(app.sms_callback("", &queued).await.status, 200, "steps without meaning are taken");
     let bad = app.sms_callback("", &[("MessageStatus", "sent")]).await;
     assert_eq!(bad.problem(400), "invalid-body");
+    let empty = app.sms_callback("", &[("MessageSid", ""), ("MessageStatus", "delivered")]).await;
+    assert_eq!(empty.problem(400), "invalid-body");
 }
 
 #[actix_web::test]
