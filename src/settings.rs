@@ -195,7 +195,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_NUMBER_FAILED_CHECKS_PER_HOUR", "wrong codes for one number per hour (default 100)"),
     (
         "WAVERIFY_CLIENT_REQUESTS_PER_MINUTE",
-        "send/check calls per API key and per address (default 600)",
+        "send/check calls per address a minute; the API key gets ten times (default 600)",
     ),
     (
         "WAVERIFY_ALLOWED_COUNTRIES",
