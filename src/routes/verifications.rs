@@ -467,34 +467,36 @@ async fn check(
     let id = parse_id(&path)?;
     let code = Code::parse(&request.code).map_err(|_| ApiError::InvalidCode)?;
 
-    let current = state.store.get(&id)?.ok_or(ApiError::VerificationNotFound)?;
-    match current.status_at(now) {
-        VerificationStatus::Pending => {}
-        other => return Err(ApiError::NotPending(other)),
-    }
+    // One read-modify-write does it all: the status, the number's limit on
+    // wrong codes, the comparison and the count of the try.
     let failures = Limit::per(HOUR, state.limits.number_failed_checks_per_hour);
-    let number = current.number_key.as_str();
-    if state.store.counted(Counter::NumberFailedChecksPerHour, number, failures, now)?
-        >= failures.max
-    {
-        let retry_after = failures.retry_after(now);
-        return Err(ApiError::TooManyRequests { throttle: Throttle::FailedChecks, retry_after });
-    }
-
     let (outcome, verification) = state
         .store
         .update(&id, |v| {
-            // Every channel's tag is compared, whatever the status, so that
-            // the time taken depends on neither.
+            match v.status_at(now) {
+                VerificationStatus::Pending => {}
+                other => return Err(ApiError::NotPending(other)),
+            }
+            let wrong = Counter::NumberFailedChecksPerHour;
+            if state.store.counted(wrong, &v.number_key, failures, now)? >= failures.max {
+                let retry_after = failures.retry_after(now);
+                return Err(ApiError::TooManyRequests {
+                    throttle: Throttle::FailedChecks,
+                    retry_after,
+                });
+            }
+            // Every channel's tag is compared, so that the time taken does
+            // not depend on which one matches.
             let matched = v.code_tags.iter().fold(None, |found, t| {
                 let hit = state.keys.code_matches(&v.id, &v.number_key, &code, &t.tag);
                 found.or(hit.then_some(t.channel))
             });
-            v.check(now, matched)
+            v.check(now, matched).map_err(ApiError::NotPending)
         })?
         .ok_or(ApiError::VerificationNotFound)?;
-    let outcome = outcome.map_err(ApiError::NotPending)?;
+    let outcome = outcome?;
     if outcome != CheckOutcome::Approved {
+        let number = verification.number_key.as_str();
         state.store.add(Counter::NumberFailedChecksPerHour, number, failures, now)?;
     }
     state.store.commit().await?;
