@@ -3,7 +3,9 @@
 //!
 //! Writes are not durable when a method returns: call [`Store::commit`]
 //! before acknowledging anything, so that a crash after the answer loses
-//! nothing. Concurrent commits share one flush (see `commit.rs`).
+//! nothing. Concurrent commits share one flush (see `commit.rs`). The one
+//! exception is [`Store::record_statuses`], durable when it returns (see
+//! `writer.rs`).
 //!
 //! Trees:
 //! - `verifications`: verification id -> the verification (JSON)
