@@ -256,3 +256,34 @@ proptest! {
         prop_assert_eq!(got.error, error);
     }
 }
+
+/// Verifications come and go; the space they took must come back.
+#[test]
+fn the_store_does_not_grow_under_churn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut sizes = Vec::new();
+    for round in 0..12u32 {
+        let start = 1_000 + i64::from(round) * 100_000;
+        for n in 0..1_000u32 {
+            let id = VerificationId::parse(&format!("{round:08x}{n:024x}")).unwrap();
+            let mut v = verification(1);
+            v.id = id.clone();
+            v.number_key = format!("number-{round}-{n}");
+            v.created_at = start;
+            v.expires_at = start + 600;
+            store.create(&v, start + 1_200, start, None).unwrap().unwrap();
+            let sent = SendOutcome::Accepted { message_id: format!("wamid.{round}.{n}") };
+            store.record_send(&id, 0, &sent, start).unwrap();
+        }
+        // Everything of this round is past its retention before the next.
+        store.purge(start + 50_000, start + 50_000).unwrap();
+        store.db.flush().unwrap();
+        sizes.push(store.db.size_on_disk().unwrap());
+    }
+    eprintln!("store size after each round of 1,000: {sizes:?}");
+    let settled = sizes[3];
+    let last = *sizes.last().unwrap();
+    assert!(last <= settled * 2, "the store kept growing: {sizes:?}");
+    assert!(store.verifications.is_empty() && store.messages.is_empty() && store.outbox.is_empty());
+}
