@@ -1,10 +1,13 @@
 //! Group commit: many requests, one flush.
 //!
-//! Each request that must be durable before it answers sends a waiter to a
-//! dedicated thread. The thread takes every waiter queued so far, runs one
-//! blocking `flush`, and wakes them all. A waiter is only taken after its
-//! writes were made, and the flush starts after it is taken, so the flush
-//! covers them. Under load one fsync serves dozens of requests.
+//! Each request that must be durable before it answers sends a job to a
+//! dedicated thread: a waiter, or (from a webhook) statuses to apply. The
+//! thread takes every job queued so far, applies the statuses in as few
+//! sled transactions as it can, runs one blocking `flush`, and answers
+//! them all. A waiter is only taken after its writes were made, and the
+//! flush starts after it is taken, so the flush covers them. Under load one
+//! fsync serves dozens of requests, and one wake-up of this thread serves
+//! both the webhooks' writes and everyone's flush.
 //!
 //! sled's own `flush_async` is not used: in 0.34 it can hang under
 //! concurrent callers.
@@ -13,30 +16,44 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
+use super::{StatusTrees, StatusUpdate, StoreError, Tally};
+use crate::clock::UnixTime;
+
 /// The shortest time between the starts of two flushes: at most a
 /// millisecond more before an answer, for far fewer flushes under load.
 const MIN_GAP: Duration = Duration::from_millis(1);
 
-use tokio::sync::oneshot;
-
-use super::StoreError;
+/// The most webhook bodies one transaction takes: a bound on its size.
+const MAX_BODIES: usize = 16;
 
 /// What to do once the flush that covers a request's writes is over.
 type Waiter = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+enum Job {
+    Flush(Waiter),
+    /// A webhook body's statuses, applied all or nothing, then flushed.
+    Statuses {
+        updates: Vec<StatusUpdate>,
+        now: UnixTime,
+        reply: Reply,
+    },
+}
+
 #[derive(Clone)]
 pub(super) struct GroupCommit {
-    waiters: mpsc::Sender<Waiter>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl GroupCommit {
-    pub(super) fn start(db: sled::Db) -> Self {
-        let (tx, rx) = mpsc::channel::<Waiter>();
+    pub(super) fn start(db: sled::Db, trees: StatusTrees) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("waverify-flush".into())
-            .spawn(move || flush_loop(&db, &rx))
+            .spawn(move || flush_loop(&db, &trees, &rx))
             .expect("the operating system refused to start the flush thread");
-        Self { waiters: tx }
+        Self { jobs: tx }
     }
 
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
@@ -58,25 +75,86 @@ impl GroupCommit {
         &self,
         then: impl FnOnce(Result<(), String>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.waiters.send(Box::new(then)).map_err(|_| StoreError::CommitterGone)
+        self.jobs.send(Job::Flush(Box::new(then))).map_err(|_| StoreError::CommitterGone)
+    }
+
+    /// Applies a webhook body's statuses and returns once they are on disk.
+    pub(super) async fn apply(
+        &self,
+        updates: Vec<StatusUpdate>,
+        now: UnixTime,
+    ) -> Result<Tally, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Statuses { updates, now, reply };
+        self.jobs.send(job).map_err(|_| StoreError::CommitterGone)?;
+        match answer.await {
+            Ok(Ok(tally)) => Ok(tally),
+            Ok(Err(reason)) => Err(StoreError::Flush(reason)),
+            Err(_) => Err(StoreError::CommitterGone),
+        }
     }
 }
 
-fn flush_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>) {
-    // Ends when every `GroupCommit` handle is dropped.
+type Reply = oneshot::Sender<Result<Tally, String>>;
+type StatusReply = (Reply, Result<Tally, String>);
+/// A webhook body waiting to be applied.
+type Body = (Vec<StatusUpdate>, UnixTime, Reply);
+
+fn flush_loop(db: &sled::Db, trees: &StatusTrees, rx: &mpsc::Receiver<Job>) {
     let mut last_flush = Instant::now() - MIN_GAP;
+    // Ends when every `GroupCommit` handle is dropped.
     while let Ok(first) = rx.recv() {
-        // Under load, let waiters gather: each flush costs sled a round of
+        // Under load, let jobs gather: each flush costs sled a round of
         // I/O-thread work whatever it carries. When idle, flush at once.
         if let Some(wait) = MIN_GAP.checked_sub(last_flush.elapsed()) {
             thread::sleep(wait);
         }
         last_flush = Instant::now();
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let result = db.flush().map(drop).map_err(|e| e.to_string());
-        for waiter in batch {
-            waiter(result.clone());
+        let mut waiters = Vec::new();
+        let mut bodies = Vec::new();
+        for job in std::iter::once(first).chain(rx.try_iter()) {
+            match job {
+                Job::Flush(waiter) => waiters.push(waiter),
+                Job::Statuses { updates, now, reply } => bodies.push((updates, now, reply)),
+            }
+        }
+        let replies = apply_bodies(trees, bodies);
+        let flushed = db.flush().map(drop).map_err(|e| e.to_string());
+        for (reply, applied) in replies {
+            let answer = match (&flushed, applied) {
+                (Ok(()), applied) => applied,
+                (Err(reason), _) => Err(reason.clone()),
+            };
+            let _ = reply.send(answer);
+        }
+        for waiter in waiters {
+            waiter(flushed.clone());
         }
     }
+}
+
+/// Applies the bodies, `MAX_BODIES` to a transaction; a failed transaction
+/// fails every body in it, and only those.
+fn apply_bodies(trees: &StatusTrees, bodies: Vec<Body>) -> Vec<StatusReply> {
+    let mut replies = Vec::with_capacity(bodies.len());
+    let mut bodies = bodies.into_iter().peekable();
+    while bodies.peek().is_some() {
+        let chunk: Vec<_> = bodies.by_ref().take(MAX_BODIES).collect();
+        let view: Vec<(&[StatusUpdate], UnixTime)> =
+            chunk.iter().map(|(updates, now, _)| (updates.as_slice(), *now)).collect();
+        match trees.apply(&view) {
+            Ok(tallies) => {
+                for ((_, _, reply), tally) in chunk.into_iter().zip(tallies) {
+                    replies.push((reply, Ok(tally)));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                for (_, _, reply) in chunk {
+                    replies.push((reply, Err(reason.clone())));
+                }
+            }
+        }
+    }
+    replies
 }

@@ -5,7 +5,7 @@
 //! before acknowledging anything, so that a crash after the answer loses
 //! nothing. Concurrent commits share one flush (see `commit.rs`). The one
 //! exception is [`Store::record_statuses`], durable when it returns (see
-//! `writer.rs`).
+//! `commit.rs`).
 //!
 //! Trees:
 //! - `verifications`: verification id -> the verification (JSON)
@@ -27,7 +27,6 @@ mod commit;
 mod counters;
 mod fallback;
 mod purge;
-mod writer;
 
 use std::path::Path;
 
@@ -45,7 +44,6 @@ use crate::domain::{
 };
 
 use commit::GroupCommit;
-use writer::StatusWriter;
 
 pub use counters::{send_hits, Counter, Refused};
 pub use purge::{Purged, Sweeper};
@@ -190,7 +188,6 @@ pub struct Store {
     not_on_whatsapp: sled::Tree,
     state: sled::Tree,
     commit: GroupCommit,
-    statuses: StatusWriter,
 }
 
 /// sled's page cache; its default is 1 GiB.
@@ -238,9 +235,8 @@ impl Store {
             parked: parked.clone(),
             parked_by_time: parked_by_time.clone(),
         };
-        let commit = GroupCommit::start(db.clone());
+        let commit = GroupCommit::start(db.clone(), trees);
         Ok(Self {
-            statuses: StatusWriter::start(commit.clone(), trees),
             verifications,
             messages,
             active: db.open_tree("active")?,
@@ -503,10 +499,10 @@ impl Store {
     /// [`Store::record_send`] if its message turns up later; Meta cannot be
     /// asked for it again.
     ///
-    /// Bodies are applied by one writer thread, which takes every body
-    /// waiting, applies them in one transaction and flushes once: under
-    /// load one transaction and one fsync serve many webhooks, and the
-    /// request workers never wait on sled's transaction lock.
+    /// Bodies are applied by the group commit's thread, which takes every
+    /// body waiting, applies them in few transactions and flushes once:
+    /// under load one transaction and one fsync serve many webhooks, and
+    /// the request workers never wait on sled's transaction lock.
     pub async fn record_statuses(
         &self,
         updates: Vec<StatusUpdate>,
@@ -515,7 +511,7 @@ impl Store {
         if updates.is_empty() {
             return Ok(Tally::default());
         }
-        self.statuses.apply(updates, now).await
+        self.commit.apply(updates, now).await
     }
 
     /// The same without waiting for the disk, in the caller's thread.
