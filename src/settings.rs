@@ -188,10 +188,13 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_VERIFY_TOKEN", "token Meta echoes in the webhook verification handshake"),
     ("WAVERIFY_APP_SECRET", "Meta app secret; signs every webhook POST"),
     ("WAVERIFY_APP_SECRET_PREVIOUS", "previous app secret, still accepted while rotating"),
-    ("WAVERIFY_RESEND_COOLDOWN", "seconds between two sends of one code (default 60, at least 6)"),
-    ("WAVERIFY_MAX_SENDS", "sends of one verification's code (default 5)"),
-    ("WAVERIFY_NUMBER_SENDS_PER_HOUR", "sends to one number per hour (default 10)"),
-    ("WAVERIFY_NUMBER_SENDS_PER_DAY", "sends to one number per day (default 50)"),
+    ("WAVERIFY_RESEND_COOLDOWN", "seconds between two sends of one code (default 60, 6 to 3600)"),
+    ("WAVERIFY_MAX_SENDS", "sends of one verification's code (default 5, 1 to 10)"),
+    (
+        "WAVERIFY_NUMBER_SENDS_PER_HOUR",
+        "sends to one number per hour (default 10, at most the daily value)",
+    ),
+    ("WAVERIFY_NUMBER_SENDS_PER_DAY", "sends to one number per day (default 50, 1 to 100000)"),
     ("WAVERIFY_NUMBER_FAILED_CHECKS_PER_HOUR", "wrong codes for one number per hour (default 100)"),
     (
         "WAVERIFY_CLIENT_REQUESTS_PER_MINUTE",
@@ -216,7 +219,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_SMS_FROM", "the number (or MG... messaging service SID) SMS are sent from"),
     (
         "WAVERIFY_FALLBACK_AFTER",
-        "seconds WhatsApp has to deliver before auto falls back to SMS (default 30)",
+        "seconds WhatsApp has to deliver before auto falls back to SMS (default 30, 5 to 600)",
     ),
     (
         "WAVERIFY_NOT_ON_WHATSAPP_MEMORY",
@@ -230,12 +233,15 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "WAVERIFY_ON_WHATSAPP_LIMIT",
         "fallback (default) or wait: what auto does on a pair-rate or throughput limit",
     ),
-    ("WAVERIFY_RETENTION", "seconds a verification is kept after it expires (default 86400)"),
+    (
+        "WAVERIFY_RETENTION",
+        "seconds a verification is kept after it expires (default 86400, 60 to 2592000)",
+    ),
     (
         "WAVERIFY_REQUEST_TIMEOUT",
-        "seconds a client has for its headers, then its body (default 10)",
+        "seconds a client has for its headers, then its body (default 10, 1 to 120)",
     ),
-    ("WAVERIFY_LOG", "log filter in tracing-subscriber syntax (default info)"),
+    ("WAVERIFY_LOG", "log filter in tracing-subscriber syntax (default info,actix_http::h1=off)"),
 ];
 
 /// Flags override the variables of the same meaning.
@@ -446,7 +452,15 @@ impl Settings {
             retention: seconds(get, "WAVERIFY_RETENTION", 86_400, 60..=30 * 86_400)?,
             request_timeout: seconds(get, "WAVERIFY_REQUEST_TIMEOUT", 10, 1..=120)?,
             log_filter: log_filter(get("WAVERIFY_LOG"))?,
-            development_defaults: defaults,
+            development_defaults: {
+                // The SMS stand-in's token and sender are public values too.
+                let sms_defaults = ["WAVERIFY_TWILIO_AUTH_TOKEN", "WAVERIFY_SMS_FROM"];
+                let sandbox_sms =
+                    mode == Mode::Sandbox && get("WAVERIFY_TWILIO_ACCOUNT_SID").is_none();
+                defaults
+                    .extend(sms_defaults.into_iter().filter(|n| sandbox_sms && get(n).is_none()));
+                defaults
+            },
         }
         .checked()
     }
