@@ -8,12 +8,13 @@
 //! `commit.rs`).
 //!
 //! Trees:
-//! - `verifications`: verification id -> the verification (JSON)
-//! - `messages`: Meta's message id -> verification id
-//! - `active`: number key -> the id of the number's pending verification
+//! - `verifications`: verification id -> the verification (postcard)
+//! - `messages`: a provider's message id (wamid or SMS SID) -> verification id
+//! - `active`: number key (and purpose) -> the id of the number's pending
+//!   verification
 //! - `idempotency`: Idempotency-Key -> request fingerprint and verification id
 //! - `outbox`: verification id ++ send index -> sends not yet answered by
-//!   the Graph API, replayed after a restart
+//!   their provider, replayed after a restart
 //! - `counters`: window end ++ counter ++ subject -> count, for limits
 //! - `parked`: message id -> statuses that arrived before their message
 //!   was known (see [`Store::record_statuses`])
