@@ -23,7 +23,7 @@ use crate::whatsapp::ErrorClass;
 
 const NOT_ON_WHATSAPP: i64 = 131026;
 
-pub fn whatsapp_failed(
+pub async fn whatsapp_failed(
     store: &Store,
     settings: &FallbackSettings,
     verification: &VerificationId,
@@ -32,13 +32,15 @@ pub fn whatsapp_failed(
     now: UnixTime,
 ) -> Result<(), StoreError> {
     if code == Some(NOT_ON_WHATSAPP) && settings.not_on_whatsapp_memory > 0 {
-        store.remember_not_on_whatsapp(number_key, now + settings.not_on_whatsapp_memory)?;
+        store
+            .remember_not_on_whatsapp(number_key, now + settings.not_on_whatsapp_memory, now)
+            .await?;
     }
     let class = code.map(ErrorClass::of);
     if let Some((code, class)) = code.zip(class) {
         if matches!(class, ErrorClass::SenderBlocked | ErrorClass::TemplateDisabled) {
             let until = now + settings.breaker_cooldown;
-            if store.switch_whatsapp_off(until, now)? {
+            if store.switch_whatsapp_off(until, now).await? {
                 tracing::error!(
                     code,
                     class = class.as_str(),
@@ -53,5 +55,5 @@ pub fn whatsapp_failed(
         // The deadline filed at creation will look again.
         return Ok(());
     }
-    store.schedule_fallback(verification, now)
+    store.schedule_fallback(verification, now).await
 }

@@ -6,9 +6,10 @@
 //! number is on WhatsApp shows only later, in the delivery status.
 //!
 //! A queued send stays in the store's outbox until the provider's answer is
-//! recorded; after a crash or restart, `Application::build` queues
-//! everything still there again (a send may then go out twice, never zero
-//! times). The same worker runs the fallback of `auto` verifications to
+//! recorded; after a crash or restart, this worker sends everything still
+//! there again (a send may then go out twice, never zero times). On a
+//! shared store, what an instance took and never answered is sent by
+//! another once its lease is over. The same worker runs the fallback of `auto` verifications to
 //! SMS when they are due.
 
 use std::rc::Rc;
@@ -88,6 +89,7 @@ impl Outbox {
                 let ticker = worker.clone();
                 let tick = actix_web::rt::spawn(async move {
                     loop {
+                        ticker.send_unclaimed().await;
                         actix_web::rt::time::sleep(config.tick).await;
                         ticker.run_due_fallbacks().await;
                     }
@@ -156,8 +158,8 @@ impl Worker {
     }
 
     async fn try_send(&self, job: &Job) -> Result<(), StoreError> {
-        let Some(v) = self.store.get(&job.id)? else {
-            return self.store.unqueue(&job.id, job.index);
+        let Some(v) = self.store.get(&job.id).await? else {
+            return self.store.unqueue(&job.id, job.index).await;
         };
         let now = self.clock.now();
         let channel = v.sends.get(job.index).map(|a| a.channel);
@@ -167,10 +169,10 @@ impl Worker {
             // Over before it could be sent, or sealed under a key that was
             // since removed: nothing can be sent.
             tracing::info!(verification_id = %job.id, "queued send dropped: the verification is over");
-            return self.store.unqueue(&job.id, job.index);
+            return self.store.unqueue(&job.id, job.index).await;
         };
         let Some(code) = secret.code(channel) else {
-            return self.store.unqueue(&job.id, job.index);
+            return self.store.unqueue(&job.id, job.index).await;
         };
         let mut result = self.deliver(channel, &secret.to, code, &v.id).await;
         if result.as_ref().is_err_and(Failed::transient) {
@@ -185,20 +187,14 @@ impl Worker {
             }
         };
         let now = self.clock.now();
-        self.store.record_send(&job.id, job.index, &outcome, now)?;
+        self.store.record_send(&job.id, job.index, &outcome, now).await?;
         if let (Err(failed), Channel::Whatsapp) = (&result, channel) {
             let code = match failed {
                 Failed::WhatsApp(SendError::Meta { code, .. }) => Some(*code),
                 _ => None,
             };
-            fallback::whatsapp_failed(
-                &self.store,
-                &self.fallback,
-                &v.id,
-                &v.number_key,
-                code,
-                now,
-            )?;
+            fallback::whatsapp_failed(&self.store, &self.fallback, &v.id, &v.number_key, code, now)
+                .await?;
         }
         self.store.commit().await
     }
@@ -212,7 +208,7 @@ impl Worker {
     ) -> Result<String, Failed> {
         match channel {
             Channel::Whatsapp => {
-                if self.store.whatsapp_off_until(self.clock.now()).ok().flatten().is_some() {
+                if self.store.whatsapp_off_until(self.clock.now()).await.ok().flatten().is_some() {
                     return Err(Failed::Unavailable("WhatsApp is switched off"));
                 }
                 let sent = self.graph.send_code(to, code, id).await.map_err(Failed::WhatsApp)?;
@@ -232,6 +228,26 @@ impl Worker {
         }
     }
 
+    /// Sends what is queued in the store and held by no sender: after a
+    /// restart, what was queued before it; with several instances on one
+    /// store, what an instance that went away had taken.
+    async fn send_unclaimed(self: &Rc<Self>) {
+        let queued = match self.store.claim_queued().await {
+            Ok(queued) => queued,
+            Err(error) => {
+                tracing::warn!(%error, "queued sends not read; retrying at the next tick");
+                return;
+            }
+        };
+        if !queued.is_empty() {
+            tracing::info!(sends = queued.len(), "sending what was queued and not sent");
+        }
+        for (id, index) in queued {
+            let worker = self.clone();
+            actix_web::rt::spawn(async move { worker.send(Job { id, index }).await });
+        }
+    }
+
     async fn run_due_fallbacks(self: &Rc<Self>) {
         if let Err(error) = self.try_due_fallbacks().await {
             tracing::warn!(%error, "fallbacks not run; retrying at the next tick");
@@ -240,18 +256,20 @@ impl Worker {
 
     async fn try_due_fallbacks(self: &Rc<Self>) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let due = self.store.due_fallbacks(now)?;
+        let due = self.store.due_fallbacks(now).await?;
         if due.is_empty() {
             return Ok(());
         }
-        let off = self.store.whatsapp_off_until(now)?.is_some();
+        let off = self.store.whatsapp_off_until(now).await?.is_some();
         let mut queued = Vec::new();
         for id in due {
-            let due_now = self.store.get(&id)?.filter(|v| v.fallback_due(now, off));
+            let due_now = self.store.get(&id).await?.filter(|v| v.fallback_due(now, off));
             let Some(v) = due_now else { continue };
             // An SMS costs like any send: the number's limits and the
             // daily budget hold for fallbacks too.
-            if let Err(refused) = self.store.count(&send_hits(&self.limits, &v.number_key), now)? {
+            if let Err(refused) =
+                self.store.count(&send_hits(&self.limits, &v.number_key), now).await?
+            {
                 tracing::warn!(
                     verification_id = %v.id,
                     limit = ?refused.counter,
@@ -259,7 +277,7 @@ impl Worker {
                 );
                 continue;
             }
-            if let Some((v, index)) = self.store.fall_back(&id, now, off)? {
+            if let Some((v, index)) = self.store.fall_back(&id, now, off).await? {
                 tracing::info!(verification_id = %v.id, "whatsapp did not deliver: falling back to sms");
                 queued.push(Job { id, index });
             }

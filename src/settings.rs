@@ -56,6 +56,8 @@ pub struct Settings {
     pub mode: Mode,
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where state lives: sled in `data_dir`, or a shared Redis.
+    pub store: StoreSettings,
     pub api_key: Secret,
     pub code_key: Secret,
     pub code_key_previous: Option<Secret>,
@@ -76,6 +78,30 @@ pub struct Settings {
     pub log_filter: String,
     /// Variables that were unset and got a development value (sandbox only).
     pub development_defaults: Vec<&'static str>,
+}
+
+/// The store every piece of state goes to.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// sled, embedded, in the data directory: one process on one machine.
+    Sled,
+    /// Redis (or Valkey), shared by every instance that names it.
+    Redis {
+        /// `redis://` or `rediss://`, possibly with a password: a secret.
+        url: Secret,
+        /// Starts every key, so that several deployments can share one
+        /// server.
+        prefix: String,
+    },
+}
+
+impl StoreSettings {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sled => "sled",
+            Self::Redis { .. } => "redis",
+        }
+    }
 }
 
 /// Twilio's Messages API.
@@ -173,6 +199,8 @@ pub const DEFAULT_GRAPH_VERSION: &str = "v23.0";
 pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_BIND", "address to listen on (default 127.0.0.1:8080; flag --bind)"),
     ("WAVERIFY_DATA_DIR", "directory of the embedded store (default ./data; flag --data-dir)"),
+    ("WAVERIFY_STORE", "sled (default) or redis://host:port/db or rediss://...: a shared store"),
+    ("WAVERIFY_STORE_PREFIX", "first part of every Redis key (default waverify)"),
     ("WAVERIFY_API_KEY", "bearer key login backends use on /v1 (at least 24 characters)"),
     ("WAVERIFY_CODE_KEY", "key of the HMAC under which codes are stored (at least 32 characters)"),
     ("WAVERIFY_CODE_KEY_PREVIOUS", "previous code key, still accepted while rotating"),
@@ -328,6 +356,7 @@ impl Settings {
             invalid("WAVERIFY_BIND", format!("{bind_raw:?} is not an address like 127.0.0.1:8080"))
         })?;
         let data_dir = flags.data_dir.as_deref().or(get("WAVERIFY_DATA_DIR")).unwrap_or("./data");
+        let store = store_settings(get("WAVERIFY_STORE"), get("WAVERIFY_STORE_PREFIX"))?;
 
         let graph_timeout = seconds(get, "WAVERIFY_GRAPH_TIMEOUT", 10, 1..=60)?;
         let graph = GraphSettings {
@@ -371,6 +400,7 @@ impl Settings {
             mode,
             bind,
             data_dir: PathBuf::from(data_dir),
+            store,
             api_key,
             code_key,
             code_key_previous: previous("WAVERIFY_CODE_KEY_PREVIOUS", 32)?,
@@ -655,6 +685,32 @@ fn plain(mode: Mode, value: Option<&str>, dev: &str) -> Option<String> {
         (Some(v), _) => Some(v.to_owned()),
         (None, Mode::Sandbox) => Some(dev.to_owned()),
         (None, Mode::Live) => None,
+    }
+}
+
+fn store_settings(url: Option<&str>, prefix: Option<&str>) -> Result<StoreSettings, ConfigError> {
+    let prefix = checked(
+        "WAVERIFY_STORE_PREFIX",
+        prefix.unwrap_or("waverify"),
+        |v| {
+            (1..=64).contains(&v.len())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        },
+        "must be 1 to 64 letters, digits, '_', '-' or '.'",
+    )?;
+    match url.map(str::trim) {
+        None | Some("") | Some("sled") => Ok(StoreSettings::Sled),
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            // Parsed the way the client will, without echoing a password.
+            redis::parse_redis_url(url).ok_or_else(|| {
+                invalid("WAVERIFY_STORE", "is not a valid redis:// or rediss:// URL".to_owned())
+            })?;
+            Ok(StoreSettings::Redis { url: Secret::new(url.to_owned()), prefix })
+        }
+        Some(_) => Err(invalid(
+            "WAVERIFY_STORE",
+            "must be sled, or a redis://host:port/db or rediss://host:port/db URL".to_owned(),
+        )),
     }
 }
 

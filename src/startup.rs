@@ -12,7 +12,7 @@ use anyhow::Context;
 use crate::clock::{SharedClock, SystemClock};
 use crate::routes::{self, AppState};
 use crate::sandbox::{self, Sandbox, Timing};
-use crate::settings::{Mode, Settings};
+use crate::settings::{Mode, Settings, StoreSettings};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -51,8 +51,12 @@ impl Application {
         // harmlessly when a provider is already installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
 
-        let store = Store::open(&settings.data_dir).with_context(|| {
-            format!("WAVERIFY_DATA_DIR: cannot open the store in {}", settings.data_dir.display())
+        let store = Store::open(&settings).with_context(|| match settings.store {
+            StoreSettings::Sled => format!(
+                "WAVERIFY_DATA_DIR: cannot open the store in {}",
+                settings.data_dir.display()
+            ),
+            StoreSettings::Redis { .. } => "WAVERIFY_STORE: cannot reach Redis".to_owned(),
         })?;
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("WAVERIFY_BIND: cannot listen on {}", settings.bind))?;
@@ -79,14 +83,7 @@ impl Application {
         };
         announce(&settings, address);
 
-        let queued = store.outbox()?;
         let state = AppState::new(&settings, store, options.clock, options.sweep_every)?;
-        if !queued.is_empty() {
-            tracing::info!(sends = queued.len(), "sending what was queued before the restart");
-        }
-        for (id, index) in queued {
-            state.outbox.enqueue(id, index);
-        }
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
             let sandbox = sandbox.clone();
@@ -147,6 +144,7 @@ fn announce(settings: &Settings, address: SocketAddr) {
     match settings.mode {
         Mode::Live => tracing::info!(
             %address,
+            store = settings.store.kind(),
             graph_url = %settings.graph.base_url,
             graph_version = %settings.graph.version,
             "waverify listening in live mode"
@@ -154,6 +152,7 @@ fn announce(settings: &Settings, address: SocketAddr) {
         Mode::Sandbox => {
             tracing::warn!(
                 %address,
+                store = settings.store.kind(),
                 "waverify listening in SANDBOX mode: WAVERIFY_ACCESS_TOKEN is not set, so messages go to \
                  a local stand-in of the Graph API and nothing leaves this machine"
             );

@@ -185,31 +185,36 @@ pub async fn send_code(
     let fingerprint = fingerprint(&to, choice, purpose);
     let idempotency = key.as_deref().map(|k| (k, fingerprint.as_str()));
 
-    if let Some(record) = key.as_deref().map(|k| state.store.idempotency(k)).transpose()?.flatten()
-    {
-        return replay(&state, &record, &fingerprint, now);
+    let recorded = match key.as_deref() {
+        Some(k) => state.store.idempotency(k).await?,
+        None => None,
+    };
+    if let Some(record) = recorded {
+        return replay(&state, &record, &fingerprint, now).await;
     }
     check_country(&state, &to)?;
     let number_key = state.keys.number_key(&to);
-    if let Some(active) = find_active(&state, &to, &number_key, purpose, now)? {
+    if let Some(active) = find_active(&state, &to, &number_key, purpose, now).await? {
         return resend(&state, &active, idempotency, now).await;
     }
-    let first_channel = first_channel(&state, choice, &number_key, now)?;
+    let first_channel = first_channel(&state, choice, &number_key, now).await?;
 
-    count_send(&state, &number_key, now)?;
+    count_send(&state, &number_key, now).await?;
     let plan = Plan { choice, purpose, first_channel };
     let mut v = new_verification(&state, &to, number_key, plan, now)?;
     // Kept with the verification, so the key is deleted when it is.
     v.idempotency_keys.extend(key.clone());
     let purge_at = v.expires_at + state.retention_seconds;
-    match state.store.create(&v, purge_at, now, idempotency)? {
+    match state.store.create(&v, purge_at, now, idempotency).await? {
         Ok(()) => {}
         Err(NotCreated::Active(id)) => {
             // Another request for the same number won the race.
-            let active = state.store.get(&id)?.ok_or(ApiError::VerificationNotFound)?;
+            let active = state.store.get(&id).await?.ok_or(ApiError::VerificationNotFound)?;
             return resend(&state, &active, idempotency, now).await;
         }
-        Err(NotCreated::KeyTaken(record)) => return replay(&state, &record, &fingerprint, now),
+        Err(NotCreated::KeyTaken(record)) => {
+            return replay(&state, &record, &fingerprint, now).await
+        }
     }
     state.store.commit().await?;
     state.outbox.enqueue(v.id.clone(), 0);
@@ -219,7 +224,7 @@ pub async fn send_code(
 
 /// The number's pending verification, if it has one; during a key
 /// rotation it may have been filed under the previous key.
-fn find_active(
+async fn find_active(
     state: &AppState,
     to: &PhoneNumber,
     number_key: &str,
@@ -227,12 +232,12 @@ fn find_active(
     now: UnixTime,
 ) -> Result<Option<Verification>, ApiError> {
     let key = Verification::active_key(number_key, purpose);
-    if let Some(active) = state.store.active(&key, now)? {
+    if let Some(active) = state.store.active(&key, now).await? {
         return Ok(Some(active));
     }
     match state.keys.previous_number_key(to) {
         Some(previous) => {
-            Ok(state.store.active(&Verification::active_key(&previous, purpose), now)?)
+            Ok(state.store.active(&Verification::active_key(&previous, purpose), now).await?)
         }
         None => Ok(None),
     }
@@ -240,13 +245,13 @@ fn find_active(
 
 /// Where the first send goes. `auto` starts on WhatsApp unless WhatsApp is
 /// switched off or the number is known not to be on it.
-fn first_channel(
+async fn first_channel(
     state: &AppState,
     choice: ChannelChoice,
     number_key: &str,
     now: UnixTime,
 ) -> Result<Channel, ApiError> {
-    let off_until = state.store.whatsapp_off_until(now)?;
+    let off_until = state.store.whatsapp_off_until(now).await?;
     Ok(match choice {
         ChannelChoice::Sms => Channel::Sms,
         ChannelChoice::Whatsapp => {
@@ -256,7 +261,7 @@ fn first_channel(
             Channel::Whatsapp
         }
         ChannelChoice::Auto => {
-            if off_until.is_some() || state.store.not_on_whatsapp(number_key, now)? {
+            if off_until.is_some() || state.store.not_on_whatsapp(number_key, now).await? {
                 Channel::Sms
             } else {
                 Channel::Whatsapp
@@ -275,7 +280,7 @@ struct Plan {
 /// The same `Idempotency-Key` again: the same request gets the
 /// verification it created, and nothing is sent; another request is
 /// refused.
-fn replay(
+async fn replay(
     state: &AppState,
     record: &IdempotencyRecord,
     fingerprint: &str,
@@ -284,7 +289,7 @@ fn replay(
     if record.fingerprint != fingerprint {
         return Err(ApiError::IdempotencyKeyReused);
     }
-    let v = state.store.get(&record.verification)?.ok_or(ApiError::VerificationNotFound)?;
+    let v = state.store.get(&record.verification).await?.ok_or(ApiError::VerificationNotFound)?;
     let mut response = respond(actix_web::http::StatusCode::OK, &v, now);
     response.headers_mut().insert(
         header::HeaderName::from_static("idempotent-replayed"),
@@ -310,8 +315,8 @@ fn check_country(state: &AppState, to: &PhoneNumber) -> Result<(), ApiError> {
 
 /// Counts one send against the number's hourly and daily limits and the
 /// daily budget, all or nothing.
-fn count_send(state: &AppState, number_key: &str, now: UnixTime) -> Result<(), ApiError> {
-    match state.store.count(&send_hits(&state.limits, number_key), now)? {
+async fn count_send(state: &AppState, number_key: &str, now: UnixTime) -> Result<(), ApiError> {
+    match state.store.count(&send_hits(&state.limits, number_key), now).await? {
         Ok(()) => Ok(()),
         Err(Refused { counter, retry_after }) => {
             let throttle = if counter == Counter::DailySendBudget {
@@ -398,15 +403,16 @@ async fn resend(
     // A concurrent request with the same key may have created this very
     // verification since the key was first looked up.
     if let Some((key, fingerprint)) = idempotency {
-        if let Some(record) = state.store.idempotency(key)? {
-            return replay(state, &record, fingerprint, now);
+        if let Some(record) = state.store.idempotency(key).await? {
+            return replay(state, &record, fingerprint, now).await;
         }
     }
-    if let Some(refusal) = crate::store::Store::resend_refusal(active, now, rules) {
+    if let Some(refusal) = crate::store::resend_refusal(active, now, rules) {
         return Err(refused(refusal));
     }
-    count_send(state, &active.number_key, now)?;
-    let (v, index) = state.store.resend(&active.id, now, rules, idempotency)?.map_err(refused)?;
+    count_send(state, &active.number_key, now).await?;
+    let (v, index) =
+        state.store.resend(&active.id, now, rules, idempotency).await?.map_err(refused)?;
     state.store.commit().await?;
     state.outbox.enqueue(v.id.clone(), index);
     tracing::info!(verification_id = %v.id, send = index + 1, "code sent again");
@@ -449,7 +455,7 @@ async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let verification = state.store.get(&id)?.ok_or(ApiError::VerificationNotFound)?;
+    let verification = state.store.get(&id).await?.ok_or(ApiError::VerificationNotFound)?;
     Ok(HttpResponse::Ok().json(VerificationView::new(&verification, state.clock.now())))
 }
 
@@ -467,9 +473,17 @@ async fn check(
     let id = parse_id(&path)?;
     let code = Code::parse(&request.code).map_err(|_| ApiError::InvalidCode)?;
 
-    // One read-modify-write does it all: the status, the number's limit on
-    // wrong codes, the comparison and the count of the try.
+    // The number's count of wrong codes this hour, read first: the check
+    // itself is one compare-and-swap, and may run again if it loses a race.
     let failures = Limit::per(HOUR, state.limits.number_failed_checks_per_hour);
+    let wrong = Counter::NumberFailedChecksPerHour;
+    let number_key = match state.store.get(&id).await? {
+        Some(v) => v.number_key,
+        None => return Err(ApiError::VerificationNotFound),
+    };
+    let wrong_so_far = state.store.counted(wrong, &number_key, failures, now).await?;
+    // One read-modify-write does the rest: the status, the comparison and
+    // the count of the try.
     let (outcome, verification) = state
         .store
         .update(&id, |v| {
@@ -477,8 +491,7 @@ async fn check(
                 VerificationStatus::Pending => {}
                 other => return Err(ApiError::NotPending(other)),
             }
-            let wrong = Counter::NumberFailedChecksPerHour;
-            if state.store.counted(wrong, &v.number_key, failures, now)? >= failures.max {
+            if wrong_so_far >= failures.max {
                 let retry_after = failures.retry_after(now);
                 return Err(ApiError::TooManyRequests {
                     throttle: Throttle::FailedChecks,
@@ -492,12 +505,13 @@ async fn check(
                 found.or(hit.then_some(t.channel))
             });
             v.check(now, matched).map_err(ApiError::NotPending)
-        })?
+        })
+        .await?
         .ok_or(ApiError::VerificationNotFound)?;
     let outcome = outcome?;
     if outcome != CheckOutcome::Approved {
         let number = verification.number_key.as_str();
-        state.store.add(Counter::NumberFailedChecksPerHour, number, failures, now)?;
+        state.store.add(wrong, number, failures, now).await?;
     }
     state.store.commit().await?;
 
@@ -519,7 +533,7 @@ async fn cancel(
     let id = parse_id(&path)?;
     let now = state.clock.now();
     let (result, verification) =
-        state.store.update(&id, |v| v.cancel(now))?.ok_or(ApiError::VerificationNotFound)?;
+        state.store.update(&id, |v| v.cancel(now)).await?.ok_or(ApiError::VerificationNotFound)?;
     result.map_err(ApiError::NotPending)?;
     state.store.commit().await?;
     tracing::info!(verification_id = %id, "verification canceled");

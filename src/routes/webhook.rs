@@ -83,7 +83,7 @@ pub async fn receive(
         tally.failures.iter().filter(|f| f.channel == Channel::Whatsapp).collect();
     for failure in &failures {
         let (id, key, code) = (&failure.verification, &failure.number_key, failure.code);
-        fallback::whatsapp_failed(&state.store, &state.fallback, id, key, code, now)?;
+        fallback::whatsapp_failed(&state.store, &state.fallback, id, key, code, now).await?;
     }
     if !failures.is_empty() {
         state.store.commit().await?;

@@ -1,58 +1,39 @@
-//! State behind one small type with domain methods. Nothing outside this
-//! module knows that sled is underneath.
+//! State behind one type with domain methods. Two stores implement it:
+//! sled, embedded, for one process on one machine (the default), and
+//! Redis, shared by any number of instances (`WAVERIFY_STORE=redis://...`).
+//! Nothing outside this module knows which one it talks to.
 //!
-//! Writes are not durable when a method returns: call [`Store::commit`]
-//! before acknowledging anything, so that a crash after the answer loses
-//! nothing. Concurrent commits share one flush (see `commit.rs`). The one
-//! exception is [`Store::record_statuses`], durable when it returns (see
-//! `commit.rs`).
-//!
-//! Trees:
-//! - `verifications`: verification id -> the verification (postcard)
-//! - `messages`: a provider's message id (wamid or SMS SID) -> verification id
-//! - `active`: number key (and purpose) -> the id of the number's pending
-//!   verification
-//! - `idempotency`: Idempotency-Key -> request fingerprint and verification id
-//! - `outbox`: verification id ++ send index -> sends not yet answered by
-//!   their provider, replayed after a restart
-//! - `counters`: window end ++ counter ++ subject -> count, for limits
-//! - `parked`: message id -> statuses that arrived before their message
-//!   was known (see [`Store::record_statuses`])
-//! - `parked_by_time`, `wipe_at`, `purge_at`, `fallback_at`: time ++ key,
-//!   so that the sweeper and the fallback find what is due
-//! - `not_on_whatsapp`: number key -> until when the number goes straight
-//!   to SMS
-//! - `state`: `whatsapp_off_until` -> until when WhatsApp is switched off
+//! Writes are not always durable when a method returns: call
+//! [`Store::commit`] before acknowledging anything, so that a crash after
+//! the answer loses nothing. [`Store::record_statuses`] is durable when it
+//! returns.
 
-mod commit;
-mod counters;
-mod fallback;
-mod purge;
+mod counter;
+mod embedded;
+mod shared;
 
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-    TransactionalTree,
-};
-use sled::Transactional;
 
-use crate::clock::UnixTime;
+use crate::clock::{SharedClock, UnixTime};
 use crate::domain::{
-    Channel, DeliveryStatus, SendOutcome, StatusEvent, Verification, VerificationId,
-    VerificationStatus,
+    Channel, Limit, SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus,
 };
+use crate::settings::{Settings, StoreSettings};
 
-use commit::GroupCommit;
-
-pub use counters::{send_hits, Counter, Refused};
-pub use purge::{Purged, Sweeper};
+pub use counter::{send_hits, Counter, Refused};
+pub use embedded::{Purged, SledStore};
+pub use shared::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("a stored record could not be decoded: {0}")]
     Corrupt(#[from] postcard::Error),
     #[error("flush failed: {0}")]
@@ -61,37 +42,6 @@ pub enum StoreError {
     Unavailable,
     #[error("the flush thread is gone")]
     CommitterGone,
-}
-
-/// A transaction that stopped on purpose, or failed.
-enum Stop<T> {
-    Because(T),
-    Failed(StoreError),
-}
-
-impl<T> From<StoreError> for Stop<T> {
-    fn from(e: StoreError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-fn finish<T, R>(result: Result<R, TransactionError<Stop<T>>>) -> Result<Result<R, T>, StoreError> {
-    match result {
-        Ok(r) => Ok(Ok(r)),
-        Err(TransactionError::Abort(Stop::Because(t))) => Ok(Err(t)),
-        Err(TransactionError::Abort(Stop::Failed(e))) => Err(e),
-        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
-    }
-}
-
-type TxResult<T, S = std::convert::Infallible> = ConflictableTransactionResult<T, Stop<S>>;
-
-fn fail<S>(e: impl Into<StoreError>) -> ConflictableTransactionError<Stop<S>> {
-    ConflictableTransactionError::Abort(Stop::Failed(e.into()))
-}
-
-fn stop<S>(because: S) -> ConflictableTransactionError<Stop<S>> {
-    ConflictableTransactionError::Abort(Stop::Because(because))
 }
 
 /// One status Meta reported, ready to be recorded.
@@ -124,14 +74,6 @@ pub struct Failure {
     pub number_key: String,
     pub channel: Channel,
     pub code: Option<i64>,
-}
-
-/// Statuses kept for a message that no verification has (yet).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Parked {
-    first_seen: UnixTime,
-    /// Each status with the channel whose provider reported it.
-    events: Vec<(Channel, StatusEvent)>,
 }
 
 /// An `Idempotency-Key` and what it was first used for.
@@ -172,408 +114,8 @@ pub struct ResendRules {
     pub max_sends: usize,
 }
 
-#[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    verifications: sled::Tree,
-    messages: sled::Tree,
-    active: sled::Tree,
-    idempotency: sled::Tree,
-    outbox: sled::Tree,
-    counters: sled::Tree,
-    parked: sled::Tree,
-    parked_by_time: sled::Tree,
-    wipe_at: sled::Tree,
-    purge_at: sled::Tree,
-    fallback_at: sled::Tree,
-    not_on_whatsapp: sled::Tree,
-    state: sled::Tree,
-    commit: GroupCommit,
-}
-
-/// sled's page cache; its default is 1 GiB.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-fn time_key(at: UnixTime, suffix: &[u8]) -> Vec<u8> {
-    // Big-endian of a non-negative time sorts like the time itself.
-    let mut key = (at.max(0) as u64).to_be_bytes().to_vec();
-    key.extend_from_slice(suffix);
-    key
-}
-
-fn outbox_key(id: &VerificationId, index: usize) -> Vec<u8> {
-    format!("{id}:{index}").into_bytes()
-}
-
-/// Records are stored in postcard's compact binary form: every request
-/// decodes and encodes at least one, and JSON cost several times more.
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    Ok(postcard::from_bytes(bytes)?)
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(postcard::to_stdvec(value)?)
-}
-
-impl Store {
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        // Every acknowledged write is flushed explicitly (group commit);
-        // sled's own timer would only add flushes that nothing waits for.
-        // The page cache is bounded, so resident memory stays flat however
-        // much the store holds.
-        let config = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES);
-        Self::from_db(config.open()?)
-    }
-
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        let verifications = db.open_tree("verifications")?;
-        let messages = db.open_tree("messages")?;
-        let parked = db.open_tree("parked")?;
-        let parked_by_time = db.open_tree("parked_by_time")?;
-        let trees = StatusTrees {
-            verifications: verifications.clone(),
-            messages: messages.clone(),
-            parked: parked.clone(),
-            parked_by_time: parked_by_time.clone(),
-        };
-        let commit = GroupCommit::start(db.clone(), trees);
-        Ok(Self {
-            verifications,
-            messages,
-            active: db.open_tree("active")?,
-            idempotency: db.open_tree("idempotency")?,
-            outbox: db.open_tree("outbox")?,
-            counters: db.open_tree("counters")?,
-            parked,
-            parked_by_time,
-            wipe_at: db.open_tree("wipe_at")?,
-            purge_at: db.open_tree("purge_at")?,
-            fallback_at: db.open_tree("fallback_at")?,
-            not_on_whatsapp: db.open_tree("not_on_whatsapp")?,
-            state: db.open_tree("state")?,
-            commit,
-            db,
-        })
-    }
-
-    /// Waits until every write made before the call is on disk.
-    pub async fn commit(&self) -> Result<(), StoreError> {
-        self.commit.flush().await
-    }
-
-    /// Whether the store answers reads.
-    pub fn healthy(&self) -> bool {
-        self.db.contains_key(b"health").is_ok()
-    }
-
-    pub fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
-        match self.verifications.get(id.as_str())? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The pending verification of a number, if it has one at `now`.
-    pub fn active(
-        &self,
-        number_key: &str,
-        now: UnixTime,
-    ) -> Result<Option<Verification>, StoreError> {
-        let Some(raw) = self.active.get(number_key)? else { return Ok(None) };
-        let Some(id) = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse) else {
-            return Ok(None);
-        };
-        Ok(self.get(&id)?.filter(|v| v.status_at(now) == VerificationStatus::Pending))
-    }
-
-    pub fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        match self.idempotency.get(key)? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Stores a new verification and queues its first send. Refused when
-    /// the number got a pending verification meanwhile, or the
-    /// idempotency key was taken meanwhile, so that neither race creates
-    /// two.
-    pub fn create(
-        &self,
-        v: &Verification,
-        purge_at: UnixTime,
-        now: UnixTime,
-        idempotency: Option<(&str, &str)>,
-    ) -> Result<Result<(), NotCreated>, StoreError> {
-        let id = v.id.as_str();
-        let value = encode(v)?;
-        let trees = (
-            &self.verifications,
-            &self.active,
-            &self.idempotency,
-            &self.outbox,
-            &self.wipe_at,
-            &self.purge_at,
-            &self.fallback_at,
-        );
-        finish(trees.transaction(|(vt, at, it, ot, wt, pt, ft)| {
-            let active_key = Verification::active_key(&v.number_key, v.purpose);
-            if let Some(raw) = at.get(active_key.as_str())? {
-                let other = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse);
-                if let Some(other) = other {
-                    if load(vt, &other)?
-                        .is_some_and(|o| o.status_at(now) == VerificationStatus::Pending)
-                    {
-                        return Err(stop(NotCreated::Active(other)));
-                    }
-                }
-            }
-            if let Some((key, fingerprint)) = idempotency {
-                if let Some(bytes) = it.get(key)? {
-                    return Err(stop(NotCreated::KeyTaken(decode(&bytes).map_err(fail)?)));
-                }
-                let record = IdempotencyRecord {
-                    fingerprint: fingerprint.into(),
-                    verification: v.id.clone(),
-                };
-                it.insert(key, encode(&record).map_err(fail)?)?;
-            }
-            vt.insert(id, value.as_slice())?;
-            at.insert(active_key.as_str(), id)?;
-            ot.insert(outbox_key(&v.id, 0), Vec::<u8>::new())?;
-            wt.insert(time_key(v.expires_at, id.as_bytes()), Vec::<u8>::new())?;
-            pt.insert(time_key(purge_at, id.as_bytes()), Vec::<u8>::new())?;
-            if let Some(at) = v.fallback_at {
-                ft.insert(time_key(at, id.as_bytes()), Vec::<u8>::new())?;
-            }
-            Ok(())
-        }))
-    }
-
-    /// Adds a send of the same code to a pending verification and queues
-    /// it, unless the rules refuse. Returns the verification and the new
-    /// send's index.
-    pub fn resend(
-        &self,
-        id: &VerificationId,
-        now: UnixTime,
-        rules: ResendRules,
-        idempotency: Option<(&str, &str)>,
-    ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
-        let trees = (&self.verifications, &self.idempotency, &self.outbox);
-        finish(trees.transaction(|(vt, it, ot)| {
-            let Some(mut v) = load(vt, id)? else {
-                return Err(stop(NoResend::NotPending(VerificationStatus::Expired)));
-            };
-            if let Some(refusal) = resend_refusal(&v, now, rules) {
-                return Err(stop(refusal));
-            }
-            let index = v.add_send(now);
-            if let Some((key, fingerprint)) = idempotency {
-                let record =
-                    IdempotencyRecord { fingerprint: fingerprint.into(), verification: id.clone() };
-                it.insert(key, encode(&record).map_err(fail)?)?;
-                v.idempotency_keys.push(key.to_owned());
-            }
-            save(vt, &v)?;
-            ot.insert(outbox_key(id, index), Vec::<u8>::new())?;
-            Ok((v, index))
-        }))
-    }
-
-    /// Why a resend of `v` would be refused at `now`, if it would.
-    pub fn resend_refusal(v: &Verification, now: UnixTime, rules: ResendRules) -> Option<NoResend> {
-        resend_refusal(v, now, rules)
-    }
-
-    /// Applies `change` to a verification atomically: the read and the
-    /// write are one compare-and-swap, retried if another request wrote in
-    /// between, so two concurrent checks can never both use the same try.
-    /// `change` may therefore run more than once and must not have side
-    /// effects. A verification that `change` ends leaves the number free
-    /// for a new one. Returns `None` when no verification has this id.
-    pub fn update<T>(
-        &self,
-        id: &VerificationId,
-        mut change: impl FnMut(&mut Verification) -> T,
-    ) -> Result<Option<(T, Verification)>, StoreError> {
-        loop {
-            let Some(old) = self.verifications.get(id.as_str())? else { return Ok(None) };
-            let mut v: Verification = decode(&old)?;
-            let before = v.clone();
-            let result = change(&mut v);
-            if v == before {
-                return Ok(Some((result, v)));
-            }
-            let new = encode(&v)?;
-            if self.verifications.compare_and_swap(id.as_str(), Some(old), Some(new))?.is_ok() {
-                if v.status != VerificationStatus::Pending {
-                    self.release(&v)?;
-                }
-                return Ok(Some((result, v)));
-            }
-        }
-    }
-
-    /// Frees the number of a verification that is over.
-    fn release(&self, v: &Verification) -> Result<(), StoreError> {
-        let _ = self.active.compare_and_swap(
-            Verification::active_key(&v.number_key, v.purpose),
-            Some(v.id.as_str()),
-            None as Option<&[u8]>,
-        )?;
-        Ok(())
-    }
-
-    /// Sends queued and not yet answered, oldest first: what a restart
-    /// must send again.
-    pub fn outbox(&self) -> Result<Vec<(VerificationId, usize)>, StoreError> {
-        let mut queued = Vec::new();
-        for item in self.outbox.iter() {
-            let (key, _) = item?;
-            let text = String::from_utf8_lossy(&key);
-            let parsed = text
-                .split_once(':')
-                .and_then(|(id, i)| Some((VerificationId::parse(id)?, i.parse().ok()?)));
-            match parsed {
-                Some(entry) => queued.push(entry),
-                None => {
-                    self.outbox.remove(key)?;
-                }
-            }
-        }
-        Ok(queued)
-    }
-
-    /// Takes a send off the outbox without recording anything.
-    pub fn unqueue(&self, id: &VerificationId, index: usize) -> Result<(), StoreError> {
-        self.outbox.remove(outbox_key(id, index))?;
-        Ok(())
-    }
-
-    /// Records what the Graph API said to one send, takes it off the
-    /// outbox, and applies any statuses for its message that came first.
-    pub fn record_send(
-        &self,
-        id: &VerificationId,
-        index: usize,
-        outcome: &SendOutcome,
-        now: UnixTime,
-    ) -> Result<Option<Verification>, StoreError> {
-        let trees = (&self.verifications, &self.messages, &self.parked, &self.outbox);
-        let result = finish(trees.transaction(|(vt, mt, pt, ot)| {
-            ot.remove(outbox_key(id, index))?;
-            let Some(mut v) = load(vt, id)? else { return Ok(None) };
-            v.record_send(index, outcome, now);
-            if let SendOutcome::Accepted { message_id } = outcome {
-                if v.sends.get(index).and_then(|a| a.delivery.message_id.as_deref())
-                    == Some(message_id)
-                {
-                    mt.insert(message_id.as_str(), id.as_str())?;
-                    if let Some(bytes) = pt.remove(message_id.as_str())? {
-                        let parked: Parked = decode(&bytes).map_err(fail)?;
-                        let channel = v.sends[index].channel;
-                        for (_, event) in parked.events.iter().filter(|(c, _)| *c == channel) {
-                            v.sends[index].delivery.apply(event);
-                        }
-                    }
-                }
-            }
-            save(vt, &v)?;
-            Ok(Some(v))
-        }));
-        let v = result?.unwrap_or_else(|never: std::convert::Infallible| match never {});
-        if let Some(v) = &v {
-            if v.status != VerificationStatus::Pending {
-                self.release(v)?;
-            }
-        }
-        Ok(v)
-    }
-
-    /// Applies the statuses of one webhook body, all or nothing, and
-    /// returns once they are on disk.
-    ///
-    /// A status is matched by its message id; failing that, by the
-    /// verification id in `biz_opaque_callback_data`, which covers a status
-    /// that overtakes the Graph API's own answer and a send whose answer
-    /// never came. A status that matches nothing is parked, and applied by
-    /// [`Store::record_send`] if its message turns up later; Meta cannot be
-    /// asked for it again.
-    ///
-    /// Bodies are applied by the group commit's thread, which takes every
-    /// body waiting, applies them in few transactions and flushes once:
-    /// under load one transaction and one fsync serve many webhooks, and
-    /// the request workers never wait on sled's transaction lock.
-    pub async fn record_statuses(
-        &self,
-        updates: Vec<StatusUpdate>,
-        now: UnixTime,
-    ) -> Result<Tally, StoreError> {
-        if updates.is_empty() {
-            return Ok(Tally::default());
-        }
-        self.commit.apply(updates, now).await
-    }
-
-    /// The same without waiting for the disk, in the caller's thread.
-    pub fn apply_statuses(
-        &self,
-        updates: &[StatusUpdate],
-        now: UnixTime,
-    ) -> Result<Tally, StoreError> {
-        let mut tallies = self.status_trees().apply(&[(updates, now)])?;
-        Ok(tallies.pop().unwrap_or_default())
-    }
-
-    fn status_trees(&self) -> StatusTrees {
-        StatusTrees {
-            verifications: self.verifications.clone(),
-            messages: self.messages.clone(),
-            parked: self.parked.clone(),
-            parked_by_time: self.parked_by_time.clone(),
-        }
-    }
-}
-
-/// The trees a webhook writes.
-#[derive(Clone)]
-pub(crate) struct StatusTrees {
-    verifications: sled::Tree,
-    messages: sled::Tree,
-    parked: sled::Tree,
-    parked_by_time: sled::Tree,
-}
-
-impl StatusTrees {
-    /// Applies several bodies in one transaction: all of them, or none.
-    fn apply(&self, bodies: &[(&[StatusUpdate], UnixTime)]) -> Result<Vec<Tally>, StoreError> {
-        let trees = (&self.verifications, &self.messages, &self.parked, &self.parked_by_time);
-        let result = finish(trees.transaction(|(vt, mt, pt, ptt)| {
-            let mut tallies = Vec::with_capacity(bodies.len());
-            for (updates, now) in bodies {
-                let mut tally = Tally::default();
-                for update in updates.iter() {
-                    match apply_to_verification(vt, mt, update)? {
-                        Some((true, failure)) => {
-                            tally.applied += 1;
-                            tally.failures.extend(failure);
-                        }
-                        Some((false, _)) => tally.unchanged += 1,
-                        None => {
-                            park(pt, ptt, update, *now)?;
-                            tally.parked += 1;
-                        }
-                    }
-                }
-                tallies.push(tally);
-            }
-            Ok(tallies)
-        }));
-        Ok(result?.unwrap_or_else(|never: std::convert::Infallible| match never {}))
-    }
-}
-
-fn resend_refusal(v: &Verification, now: UnixTime, rules: ResendRules) -> Option<NoResend> {
+/// Why a resend of `v` would be refused at `now`, if it would.
+pub fn resend_refusal(v: &Verification, now: UnixTime, rules: ResendRules) -> Option<NoResend> {
     let status = v.status_at(now);
     if status != VerificationStatus::Pending {
         return Some(NoResend::NotPending(status));
@@ -585,71 +127,341 @@ fn resend_refusal(v: &Verification, now: UnixTime, rules: ResendRules) -> Option
     (now < at).then_some(NoResend::Cooldown { at })
 }
 
-fn load<S>(vt: &TransactionalTree, id: &VerificationId) -> TxResult<Option<Verification>, S> {
-    match vt.get(id.as_str())? {
-        Some(bytes) => Ok(Some(decode(&bytes).map_err(fail)?)),
-        None => Ok(None),
+#[derive(Clone)]
+enum Backend {
+    Sled(SledStore),
+    Redis(RedisStore),
+}
+
+/// Keeps the embedded store's sweeping thread alive; the shared store
+/// needs none (its keys expire by themselves).
+pub struct Sweeper {
+    _thread: Option<embedded::Sweeper>,
+}
+
+/// The store, whichever one the settings chose.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    /// Whether the embedded store's outbox was handed out since it opened.
+    replayed: Arc<AtomicBool>,
+}
+
+impl Store {
+    /// Opens the store the settings name: sled in the data directory, or a
+    /// connection to Redis.
+    pub fn open(settings: &Settings) -> Result<Self, StoreError> {
+        let backend = match &settings.store {
+            StoreSettings::Sled => Backend::Sled(SledStore::open(&settings.data_dir)?),
+            StoreSettings::Redis { url, prefix } => {
+                // A send is in flight for at most two provider timeouts and
+                // a pause; an instance that holds one much longer is gone.
+                let timeout = settings
+                    .sms
+                    .as_ref()
+                    .map_or(settings.graph.timeout, |sms| sms.timeout.max(settings.graph.timeout));
+                let lease = 2 * timeout.as_secs() as i64 + 30;
+                let parked_ttl = settings.retention.as_secs() as i64;
+                Backend::Redis(RedisStore::connect(url.expose(), prefix, parked_ttl, lease)?)
+            }
+        };
+        Ok(Self { backend, replayed: Arc::new(AtomicBool::new(false)) })
     }
-}
 
-fn save<S>(vt: &TransactionalTree, v: &Verification) -> TxResult<(), S> {
-    vt.insert(v.id.as_str(), encode(v).map_err(fail)?)?;
-    Ok(())
-}
-
-/// `Some((changed, failure))` when the status belongs to a verification,
-/// `None` when no verification claims its message.
-fn apply_to_verification<S>(
-    vt: &TransactionalTree,
-    mt: &TransactionalTree,
-    update: &StatusUpdate,
-) -> TxResult<Option<(bool, Option<Failure>)>, S> {
-    let indexed = mt
-        .get(update.message_id.as_bytes())?
-        .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
-    let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else { return Ok(None) };
-    let Some(mut v) = load(vt, &id)? else { return Ok(None) };
-    let Some(index) = v.send_for_message(&update.message_id, update.channel, indexed.is_none())
-    else {
-        return Ok(None);
-    };
-    let changed = v.sends[index].delivery.apply(&update.event);
-    if indexed.is_none() {
-        mt.insert(update.message_id.as_bytes(), id.as_str())?;
-        save(vt, &v)?;
-    } else if changed {
-        save(vt, &v)?;
-    }
-    let failure = (changed && update.event.status == DeliveryStatus::Failed).then(|| Failure {
-        verification: v.id.clone(),
-        number_key: v.number_key.clone(),
-        channel: v.sends[index].channel,
-        code: update.event.error.as_ref().and_then(|e| e.code),
-    });
-    Ok(Some((changed, failure)))
-}
-
-fn park<S>(
-    pt: &TransactionalTree,
-    ptt: &TransactionalTree,
-    update: &StatusUpdate,
-    now: UnixTime,
-) -> TxResult<(), S> {
-    let key = update.message_id.as_bytes();
-    let mut parked: Parked = match pt.get(key)? {
-        Some(bytes) => decode(&bytes).map_err(fail)?,
-        None => {
-            ptt.insert(time_key(now, key), Vec::<u8>::new())?;
-            Parked { first_seen: now, events: Vec::new() }
+    /// `sled` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sled(_) => "sled",
+            Backend::Redis(_) => "redis",
         }
-    };
-    let entry = (update.channel, update.event.clone());
-    if !parked.events.contains(&entry) {
-        parked.events.push(entry);
-        pt.insert(key, encode(&parked).map_err(fail)?)?;
     }
-    Ok(())
-}
 
-#[cfg(test)]
-mod tests;
+    /// Waits until every write made before the call is durable. On Redis
+    /// each write is as durable as the server's `appendfsync` makes it
+    /// when it is answered, so there is nothing left to wait for.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.commit().await,
+            Backend::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Whether the store answers.
+    pub async fn healthy(&self) -> bool {
+        match &self.backend {
+            Backend::Sled(s) => s.healthy(),
+            Backend::Redis(r) => r.healthy().await,
+        }
+    }
+
+    pub async fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.get(id),
+            Backend::Redis(r) => r.get(id).await,
+        }
+    }
+
+    /// The pending verification filed under `active_key` (see
+    /// [`Verification::active_key`]), if it has one at `now`.
+    pub async fn active(
+        &self,
+        active_key: &str,
+        now: UnixTime,
+    ) -> Result<Option<Verification>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.active(active_key, now),
+            Backend::Redis(r) => r.active(active_key, now).await,
+        }
+    }
+
+    pub async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.idempotency(key),
+            Backend::Redis(r) => r.idempotency(key).await,
+        }
+    }
+
+    /// Stores a new verification and queues its first send. Refused when
+    /// the number got a pending verification meanwhile, or the
+    /// idempotency key was taken meanwhile, so that neither race creates
+    /// two.
+    pub async fn create(
+        &self,
+        v: &Verification,
+        purge_at: UnixTime,
+        now: UnixTime,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Result<(), NotCreated>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.create(v, purge_at, now, idempotency),
+            Backend::Redis(r) => r.create(v, purge_at, now, idempotency).await,
+        }
+    }
+
+    /// Adds a send of the same code to a pending verification and queues
+    /// it, unless the rules refuse. Returns the verification and the new
+    /// send's index.
+    pub async fn resend(
+        &self,
+        id: &VerificationId,
+        now: UnixTime,
+        rules: ResendRules,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.resend(id, now, rules, idempotency),
+            Backend::Redis(r) => r.resend(id, now, rules, idempotency).await,
+        }
+    }
+
+    /// Applies `change` to a verification atomically: the read and the
+    /// write are one compare-and-swap, retried if another request (or
+    /// instance) wrote in between, so two concurrent checks can never both
+    /// use the same try. `change` may therefore run more than once and must
+    /// not have side effects. A verification that `change` ends leaves the
+    /// number free for a new one. `None` when no verification has this id.
+    pub async fn update<T>(
+        &self,
+        id: &VerificationId,
+        change: impl FnMut(&mut Verification) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.update(id, change),
+            Backend::Redis(r) => r.update(id, change).await,
+        }
+    }
+
+    /// Queued sends that no running sender holds: on sled, everything
+    /// queued when the store opened (once); on Redis, sends whose
+    /// instance has held them past their lease. Called at start-up and
+    /// then every so often.
+    pub async fn claim_queued(&self) -> Result<Vec<(VerificationId, usize)>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => {
+                if self.replayed.swap(true, Ordering::SeqCst) {
+                    return Ok(Vec::new());
+                }
+                s.outbox()
+            }
+            Backend::Redis(r) => r.claim_queued().await,
+        }
+    }
+
+    /// Takes a send off the outbox without recording anything.
+    pub async fn unqueue(&self, id: &VerificationId, index: usize) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.unqueue(id, index),
+            Backend::Redis(r) => r.unqueue(id, index).await,
+        }
+    }
+
+    /// Records what the provider said to one send, takes it off the
+    /// outbox, and applies any statuses for its message that came first.
+    pub async fn record_send(
+        &self,
+        id: &VerificationId,
+        index: usize,
+        outcome: &SendOutcome,
+        now: UnixTime,
+    ) -> Result<Option<Verification>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.record_send(id, index, outcome, now),
+            Backend::Redis(r) => r.record_send(id, index, outcome, now).await,
+        }
+    }
+
+    /// Applies the statuses of one webhook body and returns once they are
+    /// durable. A status is matched by its message id, failing that by the
+    /// verification id in `biz_opaque_callback_data`; a status that
+    /// matches nothing is parked, and applied when its send is recorded.
+    pub async fn record_statuses(
+        &self,
+        updates: Vec<StatusUpdate>,
+        now: UnixTime,
+    ) -> Result<Tally, StoreError> {
+        if updates.is_empty() {
+            return Ok(Tally::default());
+        }
+        match &self.backend {
+            Backend::Sled(s) => s.record_statuses(updates, now).await,
+            Backend::Redis(r) => r.record_statuses(updates).await,
+        }
+    }
+
+    /// Counts one event against every `(counter, subject, limit)`, all or
+    /// nothing: if any is already at its maximum, nothing is counted and
+    /// the refusal with the longest wait is returned.
+    pub async fn count(
+        &self,
+        hits: &[(Counter, &str, Limit)],
+        now: UnixTime,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.count(hits, now),
+            Backend::Redis(r) => r.count(hits, now).await,
+        }
+    }
+
+    /// How many events the current window of a counter holds.
+    pub async fn counted(
+        &self,
+        counter: Counter,
+        subject: &str,
+        limit: Limit,
+        now: UnixTime,
+    ) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.counted(counter, subject, limit, now),
+            Backend::Redis(r) => r.counted(counter, subject, limit, now).await,
+        }
+    }
+
+    /// Counts one event, whatever the count already is.
+    pub async fn add(
+        &self,
+        counter: Counter,
+        subject: &str,
+        limit: Limit,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.add(counter, subject, limit, now),
+            Backend::Redis(r) => r.add(counter, subject, limit, now).await,
+        }
+    }
+
+    /// Asks for the fallback of `id` to be considered at `at`.
+    pub async fn schedule_fallback(
+        &self,
+        id: &VerificationId,
+        at: UnixTime,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.schedule_fallback(id, at),
+            Backend::Redis(r) => r.schedule_fallback(id, at).await,
+        }
+    }
+
+    /// Takes every verification whose fallback is due by `now` off the
+    /// schedule; with several instances, each is taken by one.
+    pub async fn due_fallbacks(&self, now: UnixTime) -> Result<Vec<VerificationId>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.due_fallbacks(now),
+            Backend::Redis(r) => r.due_fallbacks(now).await,
+        }
+    }
+
+    /// Adds the SMS send and queues it, if the fallback is due; returns the
+    /// verification and the new send's index.
+    pub async fn fall_back(
+        &self,
+        id: &VerificationId,
+        now: UnixTime,
+        whatsapp_off: bool,
+    ) -> Result<Option<(Verification, usize)>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.fall_back(id, now, whatsapp_off),
+            Backend::Redis(r) => r.fall_back(id, now, whatsapp_off).await,
+        }
+    }
+
+    pub async fn remember_not_on_whatsapp(
+        &self,
+        number_key: &str,
+        until: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.remember_not_on_whatsapp(number_key, until),
+            Backend::Redis(r) => r.remember_not_on_whatsapp(number_key, until, now).await,
+        }
+    }
+
+    pub async fn not_on_whatsapp(
+        &self,
+        number_key: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.not_on_whatsapp(number_key, now),
+            Backend::Redis(r) => r.not_on_whatsapp(number_key, now).await,
+        }
+    }
+
+    /// Until when WhatsApp is switched off, if it is at `now`.
+    pub async fn whatsapp_off_until(&self, now: UnixTime) -> Result<Option<UnixTime>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.whatsapp_off_until(now),
+            Backend::Redis(r) => r.whatsapp_off_until(now).await,
+        }
+    }
+
+    /// Switches WhatsApp off until `until` (never shortening a longer
+    /// pause). Returns whether it was on: the caller logs the switch once.
+    pub async fn switch_whatsapp_off(
+        &self,
+        until: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.switch_whatsapp_off(until, now),
+            Backend::Redis(r) => r.switch_whatsapp_off(until, now).await,
+        }
+    }
+
+    /// Purges what is due every `interval` until the returned guard is
+    /// dropped (sled; Redis keys expire by themselves). Parked statuses
+    /// are kept for `parked_for` seconds.
+    pub fn start_sweeper(
+        &self,
+        clock: SharedClock,
+        interval: Duration,
+        parked_for: i64,
+    ) -> std::io::Result<Sweeper> {
+        let thread = match &self.backend {
+            Backend::Sled(s) => Some(s.start_sweeper(clock, interval, parked_for)?),
+            Backend::Redis(_) => None,
+        };
+        Ok(Sweeper { _thread: thread })
+    }
+}

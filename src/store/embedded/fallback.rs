@@ -4,7 +4,7 @@
 
 use sled::Transactional;
 
-use super::{finish, load, outbox_key, save, time_key, Store, StoreError};
+use super::{finish, load, outbox_key, save, time_key, SledStore, StoreError};
 use crate::clock::UnixTime;
 use crate::domain::{Verification, VerificationId};
 
@@ -14,7 +14,7 @@ fn read_time(bytes: Option<sled::IVec>) -> Option<UnixTime> {
     bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map(i64::from_be_bytes)
 }
 
-impl Store {
+impl SledStore {
     /// Asks for the fallback of `id` to be considered at `at` (now, after a
     /// failure; the deadline is filed when the verification is created).
     pub fn schedule_fallback(&self, id: &VerificationId, at: UnixTime) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
-use super::{decode, time_key, Parked, Store, StoreError};
+use super::{decode, time_key, Parked, SledStore, StoreError};
 use crate::clock::{SharedClock, UnixTime};
 use crate::domain::{Verification, VerificationId};
 
@@ -30,7 +30,7 @@ fn id_of(key: &[u8]) -> Option<VerificationId> {
     std::str::from_utf8(key.get(8..)?).ok().and_then(VerificationId::parse)
 }
 
-impl Store {
+impl SledStore {
     /// Does everything that is due at `now`; parked statuses first seen
     /// before `parked_before` go too.
     pub fn purge(&self, now: UnixTime, parked_before: UnixTime) -> Result<Purged, StoreError> {

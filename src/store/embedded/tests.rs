@@ -4,9 +4,10 @@ use super::*;
 use crate::domain::{
     ChannelChoice, CodeTag, DeliveryError, DeliveryStatus, Limit, NewVerification, Purpose,
 };
+use crate::store::{Counter, Refused};
 
-fn temp_store() -> Store {
-    Store::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
+fn temp_store() -> SledStore {
+    SledStore::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
 }
 
 fn verification(n: u8) -> Verification {
@@ -27,11 +28,11 @@ fn verification(n: u8) -> Verification {
     })
 }
 
-fn insert(store: &Store, v: &Verification, purge_at: i64) {
+fn insert(store: &SledStore, v: &Verification, purge_at: i64) {
     store.create(v, purge_at, 1_000, None).unwrap().unwrap();
 }
 
-fn accepted(store: &Store, v: &Verification, message_id: &str) -> Verification {
+fn accepted(store: &SledStore, v: &Verification, message_id: &str) -> Verification {
     let outcome = SendOutcome::Accepted { message_id: message_id.into() };
     store.record_send(&v.id, 0, &outcome, 1_000).unwrap().unwrap()
 }
@@ -261,7 +262,7 @@ proptest! {
 #[test]
 fn the_store_does_not_grow_under_churn() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
     let mut sizes = Vec::new();
     for round in 0..12u32 {
         let start = 1_000 + i64::from(round) * 100_000;

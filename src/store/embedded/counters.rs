@@ -1,51 +1,10 @@
 //! Counters for limits, one per window: the key starts with the window's
 //! end, so the sweeper drops ended windows with one range scan.
 
-use super::{finish, stop, time_key, Store, StoreError};
+use super::{finish, stop, time_key, SledStore};
 use crate::clock::UnixTime;
 use crate::domain::Limit;
-
-/// What is counted. Subjects are keyed hashes of numbers, never numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counter {
-    NumberSendsPerHour,
-    NumberSendsPerDay,
-    NumberFailedChecksPerHour,
-    DailySendBudget,
-}
-
-impl Counter {
-    fn tag(self) -> u8 {
-        match self {
-            Self::NumberSendsPerHour => 1,
-            Self::NumberSendsPerDay => 2,
-            Self::NumberFailedChecksPerHour => 3,
-            Self::DailySendBudget => 4,
-        }
-    }
-}
-
-/// The counters one send to a number counts against, whatever its
-/// channel: the number's hour and day, and the daily budget.
-pub fn send_hits<'a>(
-    limits: &crate::settings::LimitSettings,
-    number_key: &'a str,
-) -> [(Counter, &'a str, Limit); 3] {
-    const HOUR: i64 = 3600;
-    const DAY: i64 = 86_400;
-    [
-        (Counter::NumberSendsPerHour, number_key, Limit::per(HOUR, limits.number_sends_per_hour)),
-        (Counter::NumberSendsPerDay, number_key, Limit::per(DAY, limits.number_sends_per_day)),
-        (Counter::DailySendBudget, "all", Limit::per(DAY, limits.daily_send_budget)),
-    ]
-}
-
-/// A limit said no; it allows again in `retry_after` seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    pub counter: Counter,
-    pub retry_after: i64,
-}
+use crate::store::{Counter, Refused, StoreError};
 
 fn key(counter: Counter, subject: &str, limit: Limit, now: UnixTime) -> Vec<u8> {
     let mut suffix = vec![counter.tag()];
@@ -57,7 +16,7 @@ fn read(bytes: Option<sled::IVec>) -> u64 {
     bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 
-impl Store {
+impl SledStore {
     /// Counts one event against every `(counter, subject, limit)`, all or
     /// nothing: if any is already at its maximum, nothing is counted and
     /// the refusal with the longest wait is returned.

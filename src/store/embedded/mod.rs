@@ -1,0 +1,558 @@
+//! State behind one small type with domain methods. Nothing outside this
+//! module knows that sled is underneath.
+//!
+//! Writes are not durable when a method returns: call [`SledStore::commit`]
+//! before acknowledging anything, so that a crash after the answer loses
+//! nothing. Concurrent commits share one flush (see `commit.rs`). The one
+//! exception is [`SledStore::record_statuses`], durable when it returns (see
+//! `commit.rs`).
+//!
+//! Trees:
+//! - `verifications`: verification id -> the verification (postcard)
+//! - `messages`: a provider's message id (wamid or SMS SID) -> verification id
+//! - `active`: number key (and purpose) -> the id of the number's pending
+//!   verification
+//! - `idempotency`: Idempotency-Key -> request fingerprint and verification id
+//! - `outbox`: verification id ++ send index -> sends not yet answered by
+//!   their provider, replayed after a restart
+//! - `counters`: window end ++ counter ++ subject -> count, for limits
+//! - `parked`: message id -> statuses that arrived before their message
+//!   was known (see [`SledStore::record_statuses`])
+//! - `parked_by_time`, `wipe_at`, `purge_at`, `fallback_at`: time ++ key,
+//!   so that the sweeper and the fallback find what is due
+//! - `not_on_whatsapp`: number key -> until when the number goes straight
+//!   to SMS
+//! - `state`: `whatsapp_off_until` -> until when WhatsApp is switched off
+
+mod commit;
+mod counters;
+mod fallback;
+mod purge;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+use sled::Transactional;
+
+use crate::clock::UnixTime;
+use crate::domain::{
+    Channel, DeliveryStatus, SendOutcome, StatusEvent, Verification, VerificationId,
+    VerificationStatus,
+};
+
+use commit::GroupCommit;
+
+pub use purge::{Purged, Sweeper};
+
+use super::{
+    resend_refusal, Failure, IdempotencyRecord, NoResend, NotCreated, ResendRules, StatusUpdate,
+    StoreError, Tally,
+};
+
+/// A transaction that stopped on purpose, or failed.
+enum Stop<T> {
+    Because(T),
+    Failed(StoreError),
+}
+
+impl<T> From<StoreError> for Stop<T> {
+    fn from(e: StoreError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+fn finish<T, R>(result: Result<R, TransactionError<Stop<T>>>) -> Result<Result<R, T>, StoreError> {
+    match result {
+        Ok(r) => Ok(Ok(r)),
+        Err(TransactionError::Abort(Stop::Because(t))) => Ok(Err(t)),
+        Err(TransactionError::Abort(Stop::Failed(e))) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+    }
+}
+
+type TxResult<T, S = std::convert::Infallible> = ConflictableTransactionResult<T, Stop<S>>;
+
+fn fail<S>(e: impl Into<StoreError>) -> ConflictableTransactionError<Stop<S>> {
+    ConflictableTransactionError::Abort(Stop::Failed(e.into()))
+}
+
+fn stop<S>(because: S) -> ConflictableTransactionError<Stop<S>> {
+    ConflictableTransactionError::Abort(Stop::Because(because))
+}
+
+/// Statuses kept for a message that no verification has (yet).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Parked {
+    first_seen: UnixTime,
+    /// Each status with the channel whose provider reported it.
+    events: Vec<(Channel, StatusEvent)>,
+}
+
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    verifications: sled::Tree,
+    messages: sled::Tree,
+    active: sled::Tree,
+    idempotency: sled::Tree,
+    outbox: sled::Tree,
+    counters: sled::Tree,
+    parked: sled::Tree,
+    parked_by_time: sled::Tree,
+    wipe_at: sled::Tree,
+    purge_at: sled::Tree,
+    fallback_at: sled::Tree,
+    not_on_whatsapp: sled::Tree,
+    state: sled::Tree,
+    commit: GroupCommit,
+}
+
+/// sled's page cache; its default is 1 GiB.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn time_key(at: UnixTime, suffix: &[u8]) -> Vec<u8> {
+    // Big-endian of a non-negative time sorts like the time itself.
+    let mut key = (at.max(0) as u64).to_be_bytes().to_vec();
+    key.extend_from_slice(suffix);
+    key
+}
+
+fn outbox_key(id: &VerificationId, index: usize) -> Vec<u8> {
+    format!("{id}:{index}").into_bytes()
+}
+
+/// Records are stored in postcard's compact binary form: every request
+/// decodes and encodes at least one, and JSON cost several times more.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(postcard::to_stdvec(value)?)
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // Every acknowledged write is flushed explicitly (group commit);
+        // sled's own timer would only add flushes that nothing waits for.
+        // The page cache is bounded, so resident memory stays flat however
+        // much the store holds.
+        let config = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES);
+        Self::from_db(config.open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let verifications = db.open_tree("verifications")?;
+        let messages = db.open_tree("messages")?;
+        let parked = db.open_tree("parked")?;
+        let parked_by_time = db.open_tree("parked_by_time")?;
+        let trees = StatusTrees {
+            verifications: verifications.clone(),
+            messages: messages.clone(),
+            parked: parked.clone(),
+            parked_by_time: parked_by_time.clone(),
+        };
+        let commit = GroupCommit::start(db.clone(), trees);
+        Ok(Self {
+            verifications,
+            messages,
+            active: db.open_tree("active")?,
+            idempotency: db.open_tree("idempotency")?,
+            outbox: db.open_tree("outbox")?,
+            counters: db.open_tree("counters")?,
+            parked,
+            parked_by_time,
+            wipe_at: db.open_tree("wipe_at")?,
+            purge_at: db.open_tree("purge_at")?,
+            fallback_at: db.open_tree("fallback_at")?,
+            not_on_whatsapp: db.open_tree("not_on_whatsapp")?,
+            state: db.open_tree("state")?,
+            commit,
+            db,
+        })
+    }
+
+    /// Waits until every write made before the call is on disk.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.commit.flush().await
+    }
+
+    /// Whether the store answers reads.
+    pub fn healthy(&self) -> bool {
+        self.db.contains_key(b"health").is_ok()
+    }
+
+    pub fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
+        match self.verifications.get(id.as_str())? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The pending verification of a number, if it has one at `now`.
+    pub fn active(
+        &self,
+        number_key: &str,
+        now: UnixTime,
+    ) -> Result<Option<Verification>, StoreError> {
+        let Some(raw) = self.active.get(number_key)? else { return Ok(None) };
+        let Some(id) = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse) else {
+            return Ok(None);
+        };
+        Ok(self.get(&id)?.filter(|v| v.status_at(now) == VerificationStatus::Pending))
+    }
+
+    pub fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        match self.idempotency.get(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a new verification and queues its first send. Refused when
+    /// the number got a pending verification meanwhile, or the
+    /// idempotency key was taken meanwhile, so that neither race creates
+    /// two.
+    pub fn create(
+        &self,
+        v: &Verification,
+        purge_at: UnixTime,
+        now: UnixTime,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Result<(), NotCreated>, StoreError> {
+        let id = v.id.as_str();
+        let value = encode(v)?;
+        let trees = (
+            &self.verifications,
+            &self.active,
+            &self.idempotency,
+            &self.outbox,
+            &self.wipe_at,
+            &self.purge_at,
+            &self.fallback_at,
+        );
+        finish(trees.transaction(|(vt, at, it, ot, wt, pt, ft)| {
+            let active_key = Verification::active_key(&v.number_key, v.purpose);
+            if let Some(raw) = at.get(active_key.as_str())? {
+                let other = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse);
+                if let Some(other) = other {
+                    if load(vt, &other)?
+                        .is_some_and(|o| o.status_at(now) == VerificationStatus::Pending)
+                    {
+                        return Err(stop(NotCreated::Active(other)));
+                    }
+                }
+            }
+            if let Some((key, fingerprint)) = idempotency {
+                if let Some(bytes) = it.get(key)? {
+                    return Err(stop(NotCreated::KeyTaken(decode(&bytes).map_err(fail)?)));
+                }
+                let record = IdempotencyRecord {
+                    fingerprint: fingerprint.into(),
+                    verification: v.id.clone(),
+                };
+                it.insert(key, encode(&record).map_err(fail)?)?;
+            }
+            vt.insert(id, value.as_slice())?;
+            at.insert(active_key.as_str(), id)?;
+            ot.insert(outbox_key(&v.id, 0), Vec::<u8>::new())?;
+            wt.insert(time_key(v.expires_at, id.as_bytes()), Vec::<u8>::new())?;
+            pt.insert(time_key(purge_at, id.as_bytes()), Vec::<u8>::new())?;
+            if let Some(at) = v.fallback_at {
+                ft.insert(time_key(at, id.as_bytes()), Vec::<u8>::new())?;
+            }
+            Ok(())
+        }))
+    }
+
+    /// Adds a send of the same code to a pending verification and queues
+    /// it, unless the rules refuse. Returns the verification and the new
+    /// send's index.
+    pub fn resend(
+        &self,
+        id: &VerificationId,
+        now: UnixTime,
+        rules: ResendRules,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
+        let trees = (&self.verifications, &self.idempotency, &self.outbox);
+        finish(trees.transaction(|(vt, it, ot)| {
+            let Some(mut v) = load(vt, id)? else {
+                return Err(stop(NoResend::NotPending(VerificationStatus::Expired)));
+            };
+            if let Some(refusal) = resend_refusal(&v, now, rules) {
+                return Err(stop(refusal));
+            }
+            let index = v.add_send(now);
+            if let Some((key, fingerprint)) = idempotency {
+                let record =
+                    IdempotencyRecord { fingerprint: fingerprint.into(), verification: id.clone() };
+                it.insert(key, encode(&record).map_err(fail)?)?;
+                v.idempotency_keys.push(key.to_owned());
+            }
+            save(vt, &v)?;
+            ot.insert(outbox_key(id, index), Vec::<u8>::new())?;
+            Ok((v, index))
+        }))
+    }
+
+    /// Applies `change` to a verification atomically: the read and the
+    /// write are one compare-and-swap, retried if another request wrote in
+    /// between, so two concurrent checks can never both use the same try.
+    /// `change` may therefore run more than once and must not have side
+    /// effects. A verification that `change` ends leaves the number free
+    /// for a new one. Returns `None` when no verification has this id.
+    pub fn update<T>(
+        &self,
+        id: &VerificationId,
+        mut change: impl FnMut(&mut Verification) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        loop {
+            let Some(old) = self.verifications.get(id.as_str())? else { return Ok(None) };
+            let mut v: Verification = decode(&old)?;
+            let before = v.clone();
+            let result = change(&mut v);
+            if v == before {
+                return Ok(Some((result, v)));
+            }
+            let new = encode(&v)?;
+            if self.verifications.compare_and_swap(id.as_str(), Some(old), Some(new))?.is_ok() {
+                if v.status != VerificationStatus::Pending {
+                    self.release(&v)?;
+                }
+                return Ok(Some((result, v)));
+            }
+        }
+    }
+
+    /// Frees the number of a verification that is over.
+    fn release(&self, v: &Verification) -> Result<(), StoreError> {
+        let _ = self.active.compare_and_swap(
+            Verification::active_key(&v.number_key, v.purpose),
+            Some(v.id.as_str()),
+            None as Option<&[u8]>,
+        )?;
+        Ok(())
+    }
+
+    /// Sends queued and not yet answered, oldest first: what a restart
+    /// must send again.
+    pub fn outbox(&self) -> Result<Vec<(VerificationId, usize)>, StoreError> {
+        let mut queued = Vec::new();
+        for item in self.outbox.iter() {
+            let (key, _) = item?;
+            let text = String::from_utf8_lossy(&key);
+            let parsed = text
+                .split_once(':')
+                .and_then(|(id, i)| Some((VerificationId::parse(id)?, i.parse().ok()?)));
+            match parsed {
+                Some(entry) => queued.push(entry),
+                None => {
+                    self.outbox.remove(key)?;
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Takes a send off the outbox without recording anything.
+    pub fn unqueue(&self, id: &VerificationId, index: usize) -> Result<(), StoreError> {
+        self.outbox.remove(outbox_key(id, index))?;
+        Ok(())
+    }
+
+    /// Records what the Graph API said to one send, takes it off the
+    /// outbox, and applies any statuses for its message that came first.
+    pub fn record_send(
+        &self,
+        id: &VerificationId,
+        index: usize,
+        outcome: &SendOutcome,
+        now: UnixTime,
+    ) -> Result<Option<Verification>, StoreError> {
+        let trees = (&self.verifications, &self.messages, &self.parked, &self.outbox);
+        let result = finish(trees.transaction(|(vt, mt, pt, ot)| {
+            ot.remove(outbox_key(id, index))?;
+            let Some(mut v) = load(vt, id)? else { return Ok(None) };
+            v.record_send(index, outcome, now);
+            if let SendOutcome::Accepted { message_id } = outcome {
+                if v.sends.get(index).and_then(|a| a.delivery.message_id.as_deref())
+                    == Some(message_id)
+                {
+                    mt.insert(message_id.as_str(), id.as_str())?;
+                    if let Some(bytes) = pt.remove(message_id.as_str())? {
+                        let parked: Parked = decode(&bytes).map_err(fail)?;
+                        let channel = v.sends[index].channel;
+                        for (_, event) in parked.events.iter().filter(|(c, _)| *c == channel) {
+                            v.sends[index].delivery.apply(event);
+                        }
+                    }
+                }
+            }
+            save(vt, &v)?;
+            Ok(Some(v))
+        }));
+        let v = result?.unwrap_or_else(|never: std::convert::Infallible| match never {});
+        if let Some(v) = &v {
+            if v.status != VerificationStatus::Pending {
+                self.release(v)?;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Applies the statuses of one webhook body, all or nothing, and
+    /// returns once they are on disk.
+    ///
+    /// A status is matched by its message id; failing that, by the
+    /// verification id in `biz_opaque_callback_data`, which covers a status
+    /// that overtakes the Graph API's own answer and a send whose answer
+    /// never came. A status that matches nothing is parked, and applied by
+    /// [`SledStore::record_send`] if its message turns up later; Meta cannot be
+    /// asked for it again.
+    ///
+    /// Bodies are applied by the group commit's thread, which takes every
+    /// body waiting, applies them in few transactions and flushes once:
+    /// under load one transaction and one fsync serve many webhooks, and
+    /// the request workers never wait on sled's transaction lock.
+    pub async fn record_statuses(
+        &self,
+        updates: Vec<StatusUpdate>,
+        now: UnixTime,
+    ) -> Result<Tally, StoreError> {
+        if updates.is_empty() {
+            return Ok(Tally::default());
+        }
+        self.commit.apply(updates, now).await
+    }
+
+    /// The same without waiting for the disk, in the caller's thread.
+    pub fn apply_statuses(
+        &self,
+        updates: &[StatusUpdate],
+        now: UnixTime,
+    ) -> Result<Tally, StoreError> {
+        let mut tallies = self.status_trees().apply(&[(updates, now)])?;
+        Ok(tallies.pop().unwrap_or_default())
+    }
+
+    fn status_trees(&self) -> StatusTrees {
+        StatusTrees {
+            verifications: self.verifications.clone(),
+            messages: self.messages.clone(),
+            parked: self.parked.clone(),
+            parked_by_time: self.parked_by_time.clone(),
+        }
+    }
+}
+
+/// The trees a webhook writes.
+#[derive(Clone)]
+pub(crate) struct StatusTrees {
+    verifications: sled::Tree,
+    messages: sled::Tree,
+    parked: sled::Tree,
+    parked_by_time: sled::Tree,
+}
+
+impl StatusTrees {
+    /// Applies several bodies in one transaction: all of them, or none.
+    fn apply(&self, bodies: &[(&[StatusUpdate], UnixTime)]) -> Result<Vec<Tally>, StoreError> {
+        let trees = (&self.verifications, &self.messages, &self.parked, &self.parked_by_time);
+        let result = finish(trees.transaction(|(vt, mt, pt, ptt)| {
+            let mut tallies = Vec::with_capacity(bodies.len());
+            for (updates, now) in bodies {
+                let mut tally = Tally::default();
+                for update in updates.iter() {
+                    match apply_to_verification(vt, mt, update)? {
+                        Some((true, failure)) => {
+                            tally.applied += 1;
+                            tally.failures.extend(failure);
+                        }
+                        Some((false, _)) => tally.unchanged += 1,
+                        None => {
+                            park(pt, ptt, update, *now)?;
+                            tally.parked += 1;
+                        }
+                    }
+                }
+                tallies.push(tally);
+            }
+            Ok(tallies)
+        }));
+        Ok(result?.unwrap_or_else(|never: std::convert::Infallible| match never {}))
+    }
+}
+
+fn load<S>(vt: &TransactionalTree, id: &VerificationId) -> TxResult<Option<Verification>, S> {
+    match vt.get(id.as_str())? {
+        Some(bytes) => Ok(Some(decode(&bytes).map_err(fail)?)),
+        None => Ok(None),
+    }
+}
+
+fn save<S>(vt: &TransactionalTree, v: &Verification) -> TxResult<(), S> {
+    vt.insert(v.id.as_str(), encode(v).map_err(fail)?)?;
+    Ok(())
+}
+
+/// `Some((changed, failure))` when the status belongs to a verification,
+/// `None` when no verification claims its message.
+fn apply_to_verification<S>(
+    vt: &TransactionalTree,
+    mt: &TransactionalTree,
+    update: &StatusUpdate,
+) -> TxResult<Option<(bool, Option<Failure>)>, S> {
+    let indexed = mt
+        .get(update.message_id.as_bytes())?
+        .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
+    let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else { return Ok(None) };
+    let Some(mut v) = load(vt, &id)? else { return Ok(None) };
+    let Some(index) = v.send_for_message(&update.message_id, update.channel, indexed.is_none())
+    else {
+        return Ok(None);
+    };
+    let changed = v.sends[index].delivery.apply(&update.event);
+    if indexed.is_none() {
+        mt.insert(update.message_id.as_bytes(), id.as_str())?;
+        save(vt, &v)?;
+    } else if changed {
+        save(vt, &v)?;
+    }
+    let failure = (changed && update.event.status == DeliveryStatus::Failed).then(|| Failure {
+        verification: v.id.clone(),
+        number_key: v.number_key.clone(),
+        channel: v.sends[index].channel,
+        code: update.event.error.as_ref().and_then(|e| e.code),
+    });
+    Ok(Some((changed, failure)))
+}
+
+fn park<S>(
+    pt: &TransactionalTree,
+    ptt: &TransactionalTree,
+    update: &StatusUpdate,
+    now: UnixTime,
+) -> TxResult<(), S> {
+    let key = update.message_id.as_bytes();
+    let mut parked: Parked = match pt.get(key)? {
+        Some(bytes) => decode(&bytes).map_err(fail)?,
+        None => {
+            ptt.insert(time_key(now, key), Vec::<u8>::new())?;
+            Parked { first_seen: now, events: Vec::new() }
+        }
+    };
+    let entry = (update.channel, update.event.clone());
+    if !parked.events.contains(&entry) {
+        parked.events.push(entry);
+        pt.insert(key, encode(&parked).map_err(fail)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
