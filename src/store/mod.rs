@@ -12,8 +12,7 @@ mod counter;
 mod embedded;
 mod shared;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -139,20 +138,29 @@ pub struct Sweeper {
     _thread: Option<embedded::Sweeper>,
 }
 
+/// A queued send: its verification and the send's index.
+pub type QueuedSend = (VerificationId, usize);
+
 /// The store, whichever one the settings chose.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
-    /// Whether the embedded store's outbox was handed out since it opened.
-    replayed: Arc<AtomicBool>,
+    /// What the embedded store's outbox held when it opened, until it is
+    /// handed out.
+    left_queued: Arc<Mutex<Option<Vec<QueuedSend>>>>,
 }
 
 impl Store {
     /// Opens the store the settings name: sled in the data directory, or a
     /// connection to Redis.
     pub fn open(settings: &Settings) -> Result<Self, StoreError> {
+        let mut left_queued = None;
         let backend = match &settings.store {
-            StoreSettings::Sled => Backend::Sled(SledStore::open(&settings.data_dir)?),
+            StoreSettings::Sled => {
+                let store = SledStore::open(&settings.data_dir)?;
+                left_queued = Some(store.outbox()?);
+                Backend::Sled(store)
+            }
             StoreSettings::Redis { url, prefix } => {
                 // A send is in flight for at most two provider timeouts and
                 // a pause; an instance that holds one much longer is gone.
@@ -165,7 +173,7 @@ impl Store {
                 Backend::Redis(RedisStore::connect(url.expose(), prefix, parked_ttl, lease)?)
             }
         };
-        Ok(Self { backend, replayed: Arc::new(AtomicBool::new(false)) })
+        Ok(Self { backend, left_queued: Arc::new(Mutex::new(left_queued)) })
     }
 
     /// `sled` or `redis`.
@@ -272,16 +280,14 @@ impl Store {
     }
 
     /// Queued sends that no running sender holds: on sled, everything
-    /// queued when the store opened (once); on Redis, sends whose
+    /// that was queued when the store opened (handed out once); on Redis, sends whose
     /// instance has held them past their lease. Called at start-up and
     /// then every so often.
     pub async fn claim_queued(&self) -> Result<Vec<(VerificationId, usize)>, StoreError> {
         match &self.backend {
-            Backend::Sled(s) => {
-                if self.replayed.swap(true, Ordering::SeqCst) {
-                    return Ok(Vec::new());
-                }
-                s.outbox()
+            Backend::Sled(_) => {
+                let mut left = self.left_queued.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(left.take().unwrap_or_default())
             }
             Backend::Redis(r) => r.claim_queued().await,
         }

@@ -205,10 +205,10 @@ impl Scripts {
             ),
             switch_off: Script::new(
                 r"
-                local until = tonumber(ARGV[1])
+                local off_until = tonumber(ARGV[1])
                 local now = tonumber(ARGV[2])
                 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-                local keep = math.max(current, until)
+                local keep = math.max(current, off_until)
                 redis.call('SET', KEYS[1], tostring(keep), 'EX', math.max(1, keep - now))
                 if current <= now then return 1 end
                 return 0",
@@ -231,7 +231,8 @@ struct Settled {
     v: Verification,
     /// Whether the status that asked for it changed anything.
     changed: bool,
-    index: usize,
+    /// The send the message belongs to, if one took it.
+    index: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -586,47 +587,46 @@ impl RedisStore {
         outcome: &SendOutcome,
         now: UnixTime,
     ) -> Result<Option<Verification>, StoreError> {
-        let mut v = loop {
-            let Some(loaded) = self.load(id).await? else {
-                self.unqueue(id, index).await?;
-                return Ok(None);
-            };
-            let mut v = loaded.v.clone();
-            v.record_send(index, outcome, now);
-            if v == loaded.v || self.swap(&loaded, &v).await? {
-                break v;
+        let v = match outcome {
+            SendOutcome::Accepted { message_id } => {
+                // The send, its message id and whatever statuses came
+                // first are written in one swap.
+                let settled = self
+                    .settle(id, message_id, None, |v| {
+                        v.record_send(index, outcome, now);
+                        let filed = v.sends.get(index)?.delivery.message_id.as_deref();
+                        (filed == Some(message_id.as_str())).then_some(index)
+                    })
+                    .await?;
+                settled.map(|s| s.v)
+            }
+            SendOutcome::Failed { .. } => {
+                self.update(id, |v| v.record_send(index, outcome, now)).await?.map(|((), v)| v)
             }
         };
-        if let SendOutcome::Accepted { message_id } = outcome {
-            let filed = v.sends.get(index).and_then(|a| a.delivery.message_id.as_deref());
-            if filed == Some(message_id.as_str()) {
-                let channel = v.sends[index].channel;
-                if let Some(settled) = self.settle(id, message_id, channel, false, None).await? {
-                    v = settled.v;
-                }
+        self.unqueue(id, index).await?;
+        if let Some(v) = &v {
+            if v.status != VerificationStatus::Pending {
+                self.release(v).await?;
             }
         }
-        self.unqueue(id, index).await?;
-        if v.status != VerificationStatus::Pending {
-            self.release(&v).await?;
-        }
-        Ok(Some(v))
+        Ok(v)
     }
 
-    /// Applies the statuses parked for `message_id` to its send in
-    /// verification `id` (with `claim`, a send still without a message id
-    /// may take it), then files the message under `id` and unparks what was
-    /// applied, until nothing parked is left. The verification is written
-    /// before anything is unparked, so a crash in between loses nothing.
-    /// `first`, parked too, is applied first, to tell whether it changed
-    /// anything. `None` when no send of `id` takes the message.
+    /// Writes `prepare`'s change to verification `id` together with the
+    /// statuses parked for `message_id`, applied to the send `prepare`
+    /// names (if it names one); then files the message under `id` and
+    /// unparks what was applied, and goes round again while statuses were
+    /// parked meanwhile. The verification is written before anything is
+    /// unparked, so a crash in between loses nothing. `first`, parked too,
+    /// is applied first, to tell whether it changed anything. `None` when
+    /// the verification is gone.
     async fn settle(
         &self,
         id: &VerificationId,
         message_id: &str,
-        channel: Channel,
-        claim: bool,
         first: Option<&StatusEvent>,
+        mut prepare: impl FnMut(&mut Verification) -> Option<usize>,
     ) -> Result<Option<Settled>, StoreError> {
         let parked_key = self.keys.parked(message_id);
         let mut settled: Option<Settled> = None;
@@ -636,22 +636,27 @@ impl RedisStore {
             let events: Vec<(Channel, StatusEvent)> =
                 members.iter().filter_map(|m| decode(m).ok()).collect();
             let (v, index, changed, retention) = loop {
-                let Some(loaded) = self.load(id).await? else { return Ok(None) };
+                let Some(loaded) = self.load(id).await? else { return Ok(settled) };
                 let mut v = loaded.v.clone();
-                let Some(index) = v.send_for_message(message_id, channel, claim) else {
-                    return Ok(None);
-                };
-                let delivery = &mut v.sends[index].delivery;
-                let changed = match (first, &settled) {
-                    (Some(event), None) => delivery.apply(event),
-                    _ => false,
-                };
-                for (_, event) in events.iter().filter(|(c, _)| *c == channel) {
-                    delivery.apply(event);
+                let index = prepare(&mut v);
+                let mut changed = false;
+                if let Some(index) = index {
+                    let channel = v.sends[index].channel;
+                    let delivery = &mut v.sends[index].delivery;
+                    if let (Some(event), None) = (first, &settled) {
+                        changed = delivery.apply(event);
+                    }
+                    for (_, event) in events.iter().filter(|(c, _)| *c == channel) {
+                        delivery.apply(event);
+                    }
                 }
                 if v == loaded.v || self.swap(&loaded, &v).await? {
                     break (v, index, changed, loaded.ttl);
                 }
+            };
+            let changed = settled.as_ref().map_or(changed, |s| s.changed);
+            let Some(index) = index else {
+                return Ok(Some(Settled { v, changed, index: None }));
             };
             let mut file = self.scripts.file.key(self.keys.message(message_id));
             file.key(&parked_key).arg(id.as_str()).arg(retention);
@@ -659,8 +664,7 @@ impl RedisStore {
                 file.arg(member.as_slice());
             }
             let left: i64 = file.invoke_async(&mut self.conn()).await?;
-            let changed = settled.as_ref().map_or(changed, |s| s.changed);
-            settled = Some(Settled { v, changed, index });
+            settled = Some(Settled { v, changed, index: Some(index) });
             if left == 0 {
                 return Ok(settled);
             }
@@ -673,48 +677,94 @@ impl RedisStore {
     /// error, Meta sends the whole body again, and applying a status
     /// twice changes nothing, so the end state is the same.
     pub async fn record_statuses(&self, updates: Vec<StatusUpdate>) -> Result<Tally, StoreError> {
-        let mut tally = Tally::default();
-        for update in &updates {
-            let entry = encode(&(update.channel, update.event.clone()))?;
-            let indexed: Option<String> = self
-                .scripts
-                .lookup_or_park
-                .key(self.keys.message(&update.message_id))
-                .key(self.keys.parked(&update.message_id))
-                .arg(entry.as_slice())
-                .arg(self.parked_ttl)
-                .invoke_async(&mut self.conn())
+        let entries = updates
+            .iter()
+            .map(|u| encode(&(u.channel, u.event.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filed = self.lookup_or_park(&updates, &entries).await?;
+
+        // Statuses of known messages, one swap per verification.
+        let mut by_verification: Vec<(VerificationId, Vec<usize>)> = Vec::new();
+        for (i, id) in filed.iter().enumerate() {
+            if let Some(id) = id.as_deref().and_then(VerificationId::parse) {
+                match by_verification.iter_mut().find(|(v, _)| *v == id) {
+                    Some((_, members)) => members.push(i),
+                    None => by_verification.push((id, vec![i])),
+                }
+            }
+        }
+        let mut applied: Vec<Option<(bool, Option<Failure>)>> = vec![None; updates.len()];
+        for (id, members) in &by_verification {
+            let picked: Vec<&StatusUpdate> = members.iter().map(|&i| &updates[i]).collect();
+            for (&i, result) in members.iter().zip(self.apply_indexed(id, &picked).await?) {
+                applied[i] = result;
+            }
+        }
+        // Statuses parked by the lookup that name their verification: the
+        // webhook overtook the provider's answer, or the answer never came.
+        for (i, update) in updates.iter().enumerate() {
+            let (None, Some(id)) = (&filed[i], &update.callback) else { continue };
+            let (message, channel) = (update.message_id.as_str(), update.channel);
+            let settled = self
+                .settle(id, message, Some(&update.event), |v| {
+                    v.send_for_message(message, channel, true)
+                })
                 .await?;
-            // The script parked it when no verification was filed.
-            let parked_already = indexed.is_none();
-            let applied = match indexed {
-                Some(raw) => match VerificationId::parse(&raw) {
-                    Some(id) => self.apply_indexed(&id, update).await?,
-                    None => None,
-                },
-                None => match &update.callback {
-                    Some(id) => self
-                        .settle(id, &update.message_id, update.channel, true, Some(&update.event))
-                        .await?
-                        .map(|s| (s.changed, failure(&s.v, s.index, update, s.changed))),
-                    None => None,
-                },
-            };
-            match applied {
+            applied[i] = settled.and_then(|s| {
+                let index = s.index?;
+                Some((s.changed, failure(&s.v, index, update, s.changed)))
+            });
+        }
+
+        let mut tally = Tally::default();
+        for (i, result) in applied.into_iter().enumerate() {
+            match result {
                 Some((true, failed)) => {
                     tally.applied += 1;
                     tally.failures.extend(failed);
                 }
                 Some((false, _)) => tally.unchanged += 1,
                 None => {
-                    if !parked_already {
-                        self.park(update, &entry).await?;
+                    // Filed under a verification that no longer takes it:
+                    // kept like any status of an unknown message.
+                    if filed[i].is_some() {
+                        self.park(&updates[i], &entries[i]).await?;
                     }
                     tally.parked += 1;
                 }
             }
         }
         Ok(tally)
+    }
+
+    /// Runs `lookup_or_park` for every status of a body in one round trip:
+    /// the verification id each message is filed under, or `None` for a
+    /// status now parked.
+    async fn lookup_or_park(
+        &self,
+        updates: &[StatusUpdate],
+        entries: &[Vec<u8>],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let script = &self.scripts.lookup_or_park;
+        let mut pipe = redis::pipe();
+        for (update, entry) in updates.iter().zip(entries) {
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(2)
+                .arg(self.keys.message(&update.message_id))
+                .arg(self.keys.parked(&update.message_id))
+                .arg(entry.as_slice())
+                .arg(self.parked_ttl);
+        }
+        match pipe.query_async(&mut self.conn()).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Not cached on the server (yet, or since a restart): load
+                // it and run the lookups again, which changes nothing twice.
+                script.prepare_invoke().load_async(&mut self.conn()).await?;
+                Ok(pipe.query_async(&mut self.conn()).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     async fn park(&self, update: &StatusUpdate, entry: &[u8]) -> Result<(), StoreError> {
@@ -733,21 +783,30 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Applies a status whose message is filed under `id`.
+    /// Applies statuses whose messages are filed under `id`, in one swap;
+    /// for each, whether it changed anything, or `None` when no send of the
+    /// verification (if it still exists) takes its message.
     async fn apply_indexed(
         &self,
         id: &VerificationId,
-        update: &StatusUpdate,
-    ) -> Result<Option<(bool, Option<Failure>)>, StoreError> {
+        updates: &[&StatusUpdate],
+    ) -> Result<Vec<Option<(bool, Option<Failure>)>>, StoreError> {
         loop {
-            let Some(loaded) = self.load(id).await? else { return Ok(None) };
+            let Some(loaded) = self.load(id).await? else { return Ok(vec![None; updates.len()]) };
             let mut v = loaded.v.clone();
-            let Some(index) = v.send_for_message(&update.message_id, update.channel, false) else {
-                return Ok(None);
-            };
-            let changed = v.sends[index].delivery.apply(&update.event);
-            if !changed || self.swap(&loaded, &v).await? {
-                return Ok(Some((changed, failure(&v, index, update, changed))));
+            let mut results = Vec::with_capacity(updates.len());
+            for update in updates {
+                let index = v.send_for_message(&update.message_id, update.channel, false);
+                results.push(index.map(|index| {
+                    let changed = v.sends[index].delivery.apply(&update.event);
+                    (changed, index)
+                }));
+            }
+            if v == loaded.v || self.swap(&loaded, &v).await? {
+                let described = updates.iter().zip(results).map(|(update, result)| {
+                    result.map(|(changed, index)| (changed, failure(&v, index, update, changed)))
+                });
+                return Ok(described.collect());
             }
         }
     }

@@ -61,9 +61,9 @@ impl Rng {
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     log: PathBuf,
 }
 
@@ -92,6 +92,18 @@ fn listening_address(log: &str) -> Option<String> {
 /// store may still be locked for a moment, so a start that exits is tried
 /// again until a deadline.
 fn start(data: &Path, logs: &Path, name: &str) -> Server {
+    let mut vars = base_vars(data);
+    vars.insert("WAVERIFY_LOG".into(), "warn".into());
+    start_with(&vars, logs, name)
+}
+
+/// Starts the binary with `vars` as its whole environment, logging to a
+/// file in `logs`.
+pub(crate) fn start_with(
+    vars: &std::collections::HashMap<String, String>,
+    logs: &Path,
+    name: &str,
+) -> Server {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut attempt = 0;
     loop {
@@ -100,8 +112,7 @@ fn start(data: &Path, logs: &Path, name: &str) -> Server {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_waverify"))
             .env_clear()
-            .envs(base_vars(data))
-            .env("WAVERIFY_LOG", "warn")
+            .envs(vars)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -129,11 +140,16 @@ fn start(data: &Path, logs: &Path, name: &str) -> Server {
     }
 }
 
-fn client() -> awc::Client {
+pub(crate) fn client() -> awc::Client {
     awc::Client::builder().timeout(Duration::from_secs(10)).finish()
 }
 
-async fn api(http: &awc::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn api(
+    http: &awc::Client,
+    method: &str,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
     let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
     let req =
         http.request(method, &url).insert_header(("authorization", format!("Bearer {API_KEY}")));
@@ -149,7 +165,11 @@ async fn api(http: &awc::Client, method: &str, url: String, body: Option<Value>)
 }
 
 /// The HTTP status of a signed POST of `body`, or why none came back.
-async fn post_webhook(http: &awc::Client, base: &str, body: Vec<u8>) -> Result<u16, String> {
+pub(crate) async fn post_webhook(
+    http: &awc::Client,
+    base: &str,
+    body: Vec<u8>,
+) -> Result<u16, String> {
     let signature = sign(APP_SECRET.as_bytes(), &body);
     let res = http
         .post(format!("{base}/webhook"))

@@ -56,8 +56,57 @@ impl Reply {
     }
 }
 
+/// Which store the suite runs against: sled unless
+/// `WAVERIFY_TEST_STORE=redis`, then the Redis at `WAVERIFY_TEST_REDIS`
+/// (`scripts/test.sh` starts one and runs the suite on both).
+pub fn on_redis() -> bool {
+    std::env::var("WAVERIFY_TEST_STORE").is_ok_and(|s| s == "redis")
+}
+
+/// The Redis the tests use, from `WAVERIFY_TEST_REDIS`.
+pub fn redis_url() -> String {
+    std::env::var("WAVERIFY_TEST_REDIS").unwrap_or_else(|_| {
+        panic!(
+            "WAVERIFY_TEST_REDIS is not set: run scripts/test.sh, which starts a redis-server \
+             on 127.0.0.1 and sets it"
+        )
+    })
+}
+
+/// A key prefix of its own for each data directory, so that tests on one
+/// Redis never see each other's keys, and a restart on the same directory
+/// finds its own.
+pub fn redis_prefix(data_dir: &std::path::Path) -> String {
+    // FNV-1a of the whole path: temporary directories differ somewhere in
+    // it, not always in their last part.
+    let hash =
+        data_dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("test-{hash:016x}")
+}
+
+/// Every key under `prefix` with its value, read type by type.
+pub fn redis_contents(prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut conn = redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
+    let keys: Vec<Vec<u8>> =
+        redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
+    keys.into_iter()
+        .map(|key| {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+            let parts: Vec<Vec<u8>> = match kind.as_str() {
+                "string" => vec![redis::cmd("GET").arg(&key).query(&mut conn).unwrap()],
+                "set" => redis::cmd("SMEMBERS").arg(&key).query(&mut conn).unwrap(),
+                "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query(&mut conn).unwrap(),
+                _ => Vec::new(),
+            };
+            (key, parts.concat())
+        })
+        .collect()
+}
+
 pub fn base_vars(data_dir: &std::path::Path) -> HashMap<String, String> {
-    [
+    let mut vars: HashMap<String, String> = [
         ("WAVERIFY_BIND", "127.0.0.1:0".to_owned()),
         ("WAVERIFY_DATA_DIR", data_dir.display().to_string()),
         ("WAVERIFY_API_KEY", API_KEY.to_owned()),
@@ -67,7 +116,12 @@ pub fn base_vars(data_dir: &std::path::Path) -> HashMap<String, String> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .collect();
+    if on_redis() {
+        vars.insert("WAVERIFY_STORE".into(), redis_url());
+        vars.insert("WAVERIFY_STORE_PREFIX".into(), redis_prefix(data_dir));
+    }
+    vars
 }
 
 /// Live mode against a scriptable Graph API stand-in.
@@ -90,6 +144,104 @@ fn live_vars(
         vars.insert((*k).into(), (*v).into());
     }
     vars
+}
+
+/// Live mode on the Redis at `WAVERIFY_TEST_REDIS` under `prefix`, whatever
+/// store the suite runs on: instances given one prefix share their state.
+pub async fn spawn_on_redis(prefix: &str, extra: &[(&str, &str)]) -> TestApp {
+    let graph = GraphStub::start();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut vars = live_vars(dir.path(), &graph, extra);
+    vars.insert("WAVERIFY_STORE".into(), redis_url());
+    vars.insert("WAVERIFY_STORE_PREFIX".into(), prefix.into());
+    start(vars, dir, Some(graph), Timing::default(), START)
+}
+
+/// The variables of a live-mode instance against `graph` on the Redis at
+/// `WAVERIFY_TEST_REDIS` under `prefix`.
+pub fn live_vars_on_redis(
+    dir: &std::path::Path,
+    graph: &GraphStub,
+    prefix: &str,
+) -> HashMap<String, String> {
+    let mut vars = live_vars(dir, graph, &[]);
+    vars.insert("WAVERIFY_STORE".into(), redis_url());
+    vars.insert("WAVERIFY_STORE_PREFIX".into(), prefix.into());
+    vars
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// Live mode with exactly `vars`, against the Graph API stand-in they name.
+pub async fn spawn_from_vars(vars: HashMap<String, String>, graph: GraphStub) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    start(vars, dir, Some(graph), Timing::default(), START)
+}
+
+/// A redis-server of a test's own on a free 127.0.0.1 port, for tests that
+/// stop it; its data directory outlives a stop, so a restart finds it.
+pub struct LocalRedis {
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl LocalRedis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        while client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "redis-server does not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {

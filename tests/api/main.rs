@@ -14,5 +14,6 @@ mod retention;
 mod robustness;
 mod sandbox;
 mod send_code;
+mod shared_store;
 mod sms;
 mod webhook;
