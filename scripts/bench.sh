@@ -36,6 +36,12 @@ Options:
                                status changes a verification the first time its kind
                                arrives for it, later passes over the pool send
                                duplicates that change nothing
+  -s, --store STORE            sled, redis, or both (default both): with both, the whole
+                               benchmark runs once on each store, one after the other, and
+                               a side-by-side table ends the output. On redis, a
+                               redis-server of its own (apt-get install redis-server when
+                               missing) runs on a free 127.0.0.1 port with appendonly yes,
+                               appendfsync always: every write fsynced before it is answered
   -v, --verbose                also print wrk's own report of each scenario
   -h, --help                   this text
 
@@ -60,6 +66,8 @@ threads=2
 verifications=10000
 pool=40000
 verbose=0
+store=both
+all_args=("$@")
 
 need_value() {
   (($2 >= 2)) || die "$1 needs a value" 2
@@ -81,6 +89,8 @@ while (($# > 0)); do
     --threads=*) threads="${1#*=}" && shift ;;
     --verifications=*) verifications="${1#*=}" && shift ;;
     --pool=*) pool="${1#*=}" && shift ;;
+    -s | --store) need_value "$1" $# && store="$2" && shift 2 ;;
+    --store=*) store="${1#*=}" && shift ;;
     -v | --verbose) verbose=1 && shift ;;
     *)
       usage >&2
@@ -102,6 +112,40 @@ done
 ((verifications <= 200000)) || die "--verifications is at most 200000" 2
 ((pool <= 200000)) || die "--pool is at most 200000" 2
 
+case "$store" in
+  sled | redis) ;;
+  both)
+    # One run per store, then the figures side by side.
+    side_dir="$(mktemp -d "${TMPDIR:-/tmp}/waverify-bench-both.XXXXXX")"
+    trap 'rm -rf -- "$side_dir"' EXIT
+    for one in sled redis; do
+      echo "bench: ===== store: $one"
+      "${BASH_SOURCE[0]}" "${all_args[@]}" --store "$one" | tee "$side_dir/$one.txt"
+      status=${PIPESTATUS[0]}
+      ((status == 0)) || exit "$status"
+      echo
+    done
+    echo "both stores, one after the other in this run (ratios are to each run's own ceiling):"
+    printf '%-11s | %9s %7s %7s %7s | %9s %7s %7s %7s\n' scenario 'sled r/s' p50 p99 'vs ceil' \
+      'redis r/s' p50 p99 'vs ceil'
+    for name in ceiling webhook check-code; do
+      a="$(grep -m1 "^$name " "$side_dir/sled.txt")"
+      b="$(grep -m1 "^$name " "$side_dir/redis.txt")"
+      awk -v name="$name" -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x, " +"); m = split(b, y, " +")
+        # A row: name requests req/s p50 p99 non2xx (share%) sock ratio% ...; the
+        # ratio is the first field that ends in "%" without a parenthesis.
+        for (i = 6; i <= n; i++) if (x[i] ~ /^[0-9.]+%$/) { rx = x[i]; break }
+        for (i = 6; i <= m; i++) if (y[i] ~ /^[0-9.]+%$/) { ry = y[i]; break }
+        printf "%-11s | %9s %7s %7s %7s | %9s %7s %7s %7s\n", name, x[3], x[4], x[5], rx, \
+          y[3], y[4], y[5], ry
+      }'
+    done
+    exit 0
+    ;;
+  *) die "--store must be sled, redis or both" 2 ;;
+esac
+
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 lua_dir="$repo/scripts/bench"
 
@@ -116,11 +160,19 @@ if ! command -v wrk >/dev/null 2>&1; then
     die "could not install wrk with apt-get"
 fi
 
+if [[ "$store" == redis ]] && ! command -v redis-server >/dev/null 2>&1; then
+  echo "bench: installing redis-server (apt-get install -y redis-server)"
+  apt-get install -y redis-server >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; } ||
+    die "could not install redis-server with apt-get"
+fi
+
 # --- supervision ------------------------------------------------------------
 
 work=""
 server_pid=""
 child_pid=""
+redis_pid=""
 
 # Runs a step in the background and waits for it. Run in the foreground,
 # a child that handles SIGINT itself (wrk prints its report and exits 0)
@@ -160,6 +212,10 @@ cleanup() {
     wait "$child_pid" 2>/dev/null || true
   fi
   stop_server
+  if [[ -n "$redis_pid" ]]; then
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
   if [[ -n "$work" ]]; then
     rm -rf -- "$work"
   fi
@@ -213,7 +269,25 @@ for setting in WAVERIFY_CLIENT_REQUESTS_PER_MINUTE=10000000 \
   fi
 done
 
-echo "bench: starting waverify (sandbox mode, data in $work/data)"
+store_url=""
+data_dir="$work/data"
+if [[ "$store" == redis ]]; then
+  data_dir="$work/redis"
+  mkdir -p "$data_dir"
+  redis_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly yes \
+    --appendfsync always --dir "$data_dir" --logfile "$work/redis.log" &
+  redis_pid=$!
+  for _ in $(seq 1 100); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  redis-cli -p "$redis_port" ping >/dev/null 2>&1 || die "redis-server did not start"
+  store_url="redis://127.0.0.1:$redis_port"
+  echo "bench: redis-server on 127.0.0.1:$redis_port (appendfsync always, data in $data_dir)"
+fi
+
+echo "bench: starting waverify (sandbox mode, store $store, data in $data_dir)"
 (
   # Nothing from the caller's environment may switch the server to live
   # mode or change its limits: drop every WAVERIFY_ variable, then set ours.
@@ -226,6 +300,9 @@ echo "bench: starting waverify (sandbox mode, data in $work/data)"
   for setting in "${raised_limits[@]}"; do
     export "${setting?}"
   done
+  if [[ -n "$store_url" ]]; then
+    export WAVERIFY_STORE="$store_url"
+  fi
   # Port 0: the kernel picks a free port, and the start-up line names it.
   exec "$binary" --bind 127.0.0.1:0 --data-dir "$work/data"
 ) >"$work/server.log" 2>&1 &
@@ -256,7 +333,7 @@ rss_kib() {
   awk '/^VmRSS:/ { print $2 }' "/proc/$server_pid/status"
 }
 dir_kib() {
-  du -sk "$work/data" | cut -f1
+  du -sk "$data_dir" | cut -f1
 }
 rss_start="$(rss_kib)"
 
@@ -382,6 +459,7 @@ field() {
 ceiling_rps="$(field rps "${result[ceiling]}")"
 
 echo
+echo "store: $store"
 echo "waverify $(cd "$repo" && git describe --always --dirty 2>/dev/null || echo '?'), $(nproc) cores" \
   "shared by server and wrk; $threads wrk threads, $connections connections, ${duration} s each"
 echo "load average before: $load_before   after: $load_after"
