@@ -984,3 +984,42 @@ fn failure(
         code: update.event.error.as_ref().and_then(|e| e.code),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The part of a key Redis Cluster hashes: between the first `{` and
+    /// the first `}` after it, when that is not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        if let Some(open) = key.find('{') {
+            if let Some(len) = key[open + 1..].find('}') {
+                if len > 0 {
+                    return &key[open + 1..open + 1 + len];
+                }
+            }
+        }
+        key
+    }
+
+    #[test]
+    fn keys_a_script_touches_together_share_a_slot() {
+        let keys = Keys { prefix: "waverify".into() };
+        let id = VerificationId::parse(&"ab".repeat(16)).unwrap();
+        assert_eq!(hash_tag(&keys.verification(&id)), hash_tag(&keys.secret(&id)));
+        assert_eq!(hash_tag(&keys.verification(&id)), format!("v:{id}"));
+        // Message ids come from providers: braces in them must not split a
+        // message's index from its parked statuses.
+        for message in ["wamid.HBgLMTU1NTAxMDAwMDEVAgARGBI=", "SM0123", "a}b", "a{b}c", "{", "}"] {
+            assert_eq!(
+                hash_tag(&keys.message(message)),
+                hash_tag(&keys.parked(message)),
+                "{message}"
+            );
+        }
+        let hour = keys.counter(Counter::NumberSendsPerHour, "n1", 3600);
+        let budget = keys.counter(Counter::DailySendBudget, "all", 86_400);
+        assert_eq!((hash_tag(&hour), hash_tag(&budget)), ("limits", "limits"));
+        assert_eq!(hash_tag(&keys.outbox()), hash_tag(&keys.fallbacks()));
+    }
+}
