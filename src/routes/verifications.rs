@@ -473,20 +473,13 @@ async fn check(
     let id = parse_id(&path)?;
     let code = Code::parse(&request.code).map_err(|_| ApiError::InvalidCode)?;
 
-    // The number's count of wrong codes this hour, read first: the check
-    // itself is one compare-and-swap, and may run again if it loses a race.
+    // One read-modify-write does it all: the status, the number's limit on
+    // wrong codes, the comparison and the count of the try.
     let failures = Limit::per(HOUR, state.limits.number_failed_checks_per_hour);
     let wrong = Counter::NumberFailedChecksPerHour;
-    let number_key = match state.store.get(&id).await? {
-        Some(v) => v.number_key,
-        None => return Err(ApiError::VerificationNotFound),
-    };
-    let wrong_so_far = state.store.counted(wrong, &number_key, failures, now).await?;
-    // One read-modify-write does the rest: the status, the comparison and
-    // the count of the try.
     let (outcome, verification) = state
         .store
-        .update(&id, |v| {
+        .update_with_count(&id, (wrong, failures), now, |v, wrong_so_far| {
             match v.status_at(now) {
                 VerificationStatus::Pending => {}
                 other => return Err(ApiError::NotPending(other)),

@@ -279,6 +279,27 @@ impl Store {
         }
     }
 
+    /// Like [`Store::update`], and `change` also gets the current count of
+    /// `counter` for the verification's number, read afresh on every try.
+    pub async fn update_with_count<T>(
+        &self,
+        id: &VerificationId,
+        (counter, limit): (Counter, Limit),
+        now: UnixTime,
+        mut change: impl FnMut(&mut Verification, u64) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => {
+                let updated = s.update(id, |v| {
+                    let count = s.counted(counter, &v.number_key, limit, now)?;
+                    Ok::<T, StoreError>(change(v, count))
+                })?;
+                updated.map(|(result, v)| result.map(|r| (r, v))).transpose()
+            }
+            Backend::Redis(r) => r.update_with_count(id, (counter, limit), now, change).await,
+        }
+    }
+
     /// Queued sends that no running sender holds: on sled, everything
     /// that was queued when the store opened (handed out once); on Redis, sends whose
     /// instance has held them past their lease. Called at start-up and

@@ -526,6 +526,30 @@ impl RedisStore {
         }
     }
 
+    pub async fn update_with_count<T>(
+        &self,
+        id: &VerificationId,
+        (counter, limit): (Counter, Limit),
+        now: UnixTime,
+        mut change: impl FnMut(&mut Verification, u64) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        loop {
+            let Some(loaded) = self.load(id).await? else { return Ok(None) };
+            let count = self.counted(counter, &loaded.v.number_key, limit, now).await?;
+            let mut v = loaded.v.clone();
+            let result = change(&mut v, count);
+            if v == loaded.v {
+                return Ok(Some((result, v)));
+            }
+            if self.swap(&loaded, &v).await? {
+                if v.status != VerificationStatus::Pending {
+                    self.release(&v).await?;
+                }
+                return Ok(Some((result, v)));
+            }
+        }
+    }
+
     fn outbox_member(id: &VerificationId, index: usize) -> String {
         format!("{id}:{index}")
     }
