@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::sync::oneshot;
+use std::sync::RwLock;
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     resend_refusal, Counter, Failure, IdempotencyRecord, NoResend, NotCreated, Refused,
@@ -217,6 +219,102 @@ impl Scripts {
     }
 }
 
+/// Connects, and makes sure the server takes commands: a missing or
+/// wrong password fails here, at start-up, rather than on every request.
+async fn manager(client: &redis::Client) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    let mut made = ConnectionManager::new_with_config(client.clone(), config).await?;
+    redis::cmd("PING").query_async::<String>(&mut made).await?;
+    Ok(made)
+}
+
+/// Builds a new connection whenever a command failed in a way the
+/// connection manager does not recover from by itself (a login refused
+/// while a password was being rotated, for one), at most once a second.
+async fn rebuild_when_asked(
+    client: redis::Client,
+    current: Arc<RwLock<ConnectionManager>>,
+    mut asked: mpsc::UnboundedReceiver<()>,
+) {
+    while asked.recv().await.is_some() {
+        match manager(&client).await {
+            Ok(fresh) => {
+                *current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                tracing::info!("redis connection rebuilt");
+            }
+            Err(error) => tracing::warn!(%error, "redis connection not rebuilt; trying again"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Every failure meanwhile asked for the same thing.
+        while asked.try_recv().is_ok() {}
+    }
+}
+
+/// The connection every command goes through: the current connection
+/// manager, replaced when a failure calls for a new one.
+#[derive(Clone)]
+struct Conn {
+    current: Arc<RwLock<ConnectionManager>>,
+    rebuild: mpsc::UnboundedSender<()>,
+}
+
+impl Conn {
+    fn manager(&self) -> ConnectionManager {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Asks for a new connection after a failure that the manager's own
+    /// reconnection does not cover.
+    fn after<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result {
+            let dead = e.kind() == redis::ErrorKind::AuthenticationFailed
+                || e.code() == Some("NOAUTH")
+                || e.code() == Some("WRONGPASS")
+                || e.is_unrecoverable_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal();
+            if dead {
+                let _ = self.rebuild.send(());
+            }
+        }
+        result
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        let mut manager = self.manager();
+        Box::pin(async move {
+            let result = manager.req_packed_command(cmd).await;
+            self.after(result)
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        let mut manager = self.manager();
+        Box::pin(async move {
+            let result = manager.req_packed_commands(pipeline, offset, count).await;
+            self.after(result)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.manager().get_db()
+    }
+}
+
 /// A verification as read, with what a compare-and-swap needs.
 struct Loaded {
     v: Verification,
@@ -237,7 +335,7 @@ struct Settled {
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
     /// Seconds parked statuses are kept for a send that may still come.
@@ -262,6 +360,7 @@ impl RedisStore {
         let client = redis::Client::open(url)?;
         let (made_tx, made_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (rebuild_tx, rebuild_rx) = mpsc::unbounded_channel::<()>();
         std::thread::Builder::new()
             .name("waverify-redis".into())
             .spawn(move || {
@@ -274,23 +373,26 @@ impl RedisStore {
                         }
                     };
                 runtime.block_on(async move {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(TIMEOUT))
-                        .set_response_timeout(Some(TIMEOUT))
-                        .set_number_of_retries(3)
-                        .set_max_delay(Duration::from_secs(2));
-                    let made = ConnectionManager::new_with_config(client, config).await;
-                    let connected = made.is_ok();
-                    let _ = made_tx.send(made.map_err(StoreError::from));
-                    if connected {
-                        // Keeps the connection's tasks running until the
-                        // store is dropped.
-                        let _ = stopped.await;
+                    let first = match manager(&client).await {
+                        Ok(first) => first,
+                        Err(error) => {
+                            let _ = made_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    let current = Arc::new(RwLock::new(first));
+                    let conn = Conn { current: current.clone(), rebuild: rebuild_tx };
+                    let _ = made_tx.send(Ok(conn));
+                    // Keeps the connection's tasks running, and builds a new
+                    // connection when asked, until the store is dropped.
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = rebuild_when_asked(client, current, rebuild_rx) => {}
                     }
                 });
             })
             .map_err(|e| StoreError::Flush(e.to_string()))?;
-        let conn = made_rx.recv_timeout(TIMEOUT * 4).map_err(|_| StoreError::Unavailable)??;
+        let conn = made_rx.recv_timeout(TIMEOUT * 3).map_err(|_| StoreError::Unavailable)??;
         Ok(Self {
             conn,
             keys: Arc::new(Keys { prefix: prefix.to_owned() }),
@@ -301,7 +403,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 

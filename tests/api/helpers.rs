@@ -189,17 +189,25 @@ pub async fn spawn_from_vars(vars: HashMap<String, String>, graph: GraphStub) ->
 /// stop it; its data directory outlives a stop, so a restart finds it.
 pub struct LocalRedis {
     pub url: String,
-    port: u16,
+    pub port: u16,
+    password: Option<String>,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
 
 impl LocalRedis {
     pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// With `requirepass`: the URL carries the password.
+    pub fn start_with_password(password: Option<&str>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let login = password.map(|p| format!(":{p}@")).unwrap_or_default();
         let mut redis = Self {
-            url: format!("redis://127.0.0.1:{port}"),
+            url: format!("redis://{login}127.0.0.1:{port}"),
             port,
+            password: password.map(str::to_owned),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -214,6 +222,7 @@ impl LocalRedis {
             .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");

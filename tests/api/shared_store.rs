@@ -295,3 +295,55 @@ async fn a_store_that_stops_answering_gets_503_then_recovers() {
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_login_refused_while_a_password_rotates_is_retried() {
+    let redis = LocalRedis::start_with_password(Some("first-password-0123"));
+    let dir = tempfile::tempdir().unwrap();
+    let graph = GraphStub::start();
+    let mut vars = live_vars_on_redis(dir.path(), &graph, "rotation");
+    vars.insert("WAVERIFY_STORE".into(), redis.url.clone());
+    let app = spawn_from_vars(vars, graph).await;
+    let id = id_of(&app.send_code(&fresh_number()).await);
+
+    let admin = |password: &str| {
+        let url = format!("redis://:{password}@127.0.0.1:{}", redis.port);
+        redis::Client::open(url).unwrap().get_connection().unwrap()
+    };
+    // The password changes and every connection is dropped: waverify logs
+    // in again with the old one and is refused.
+    let mut c = admin("first-password-0123");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("second-password-0123")
+        .query::<()>(&mut c)
+        .unwrap();
+    let _: Result<i64, _> =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query(&mut c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.request("GET", "/healthz", &[], None).await.status != 503 {
+        assert!(Instant::now() < deadline, "still answering with a password that is refused");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for the connection's own retries to give up.
+    actix_web::rt::time::sleep(Duration::from_secs(8)).await;
+    // The old password is valid again: the instance comes back by itself.
+    let mut c = admin("second-password-0123");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("first-password-0123")
+        .query::<()>(&mut c)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = app.get(&format!("/v1/verifications/{id}")).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.problem(503), "store-unavailable");
+        assert!(Instant::now() < deadline, "never logged in again");
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
