@@ -199,14 +199,15 @@ pub async fn send_code(
     }
     let first_channel = first_channel(&state, choice, &number_key, now).await?;
 
-    count_send(&state, &number_key, now).await?;
     let plan = Plan { choice, purpose, first_channel };
     let mut v = new_verification(&state, &to, number_key, plan, now)?;
     // Kept with the verification, so the key is deleted when it is.
     v.idempotency_keys.extend(key.clone());
     let purge_at = v.expires_at + state.retention_seconds;
-    match state.store.create(&v, purge_at, now, idempotency).await? {
+    let hits = send_hits(&state.limits, &v.number_key);
+    match state.store.create(&v, purge_at, now, idempotency, &hits).await? {
         Ok(()) => {}
+        Err(NotCreated::Limited(refused)) => return Err(limited(&state, refused, now)),
         Err(NotCreated::Active(id)) => {
             // Another request for the same number won the race.
             let active = state.store.get(&id).await?.ok_or(ApiError::VerificationNotFound)?;
@@ -313,21 +314,17 @@ fn check_country(state: &AppState, to: &PhoneNumber) -> Result<(), ApiError> {
     }
 }
 
-/// Counts one send against the number's hourly and daily limits and the
-/// daily budget, all or nothing.
-async fn count_send(state: &AppState, number_key: &str, now: UnixTime) -> Result<(), ApiError> {
-    match state.store.count(&send_hits(&state.limits, number_key), now).await? {
-        Ok(()) => Ok(()),
-        Err(Refused { counter, retry_after }) => {
-            let throttle = if counter == Counter::DailySendBudget {
-                warn_budget_once(state, now);
-                Throttle::SendBudget
-            } else {
-                Throttle::NumberSends
-            };
-            Err(ApiError::TooManyRequests { throttle, retry_after })
-        }
-    }
+/// The answer to a send that the number's hourly or daily limit, or the
+/// daily budget, refused (the store counts a send only when it makes it).
+fn limited(state: &AppState, refused: Refused, now: UnixTime) -> ApiError {
+    let Refused { counter, retry_after } = refused;
+    let throttle = if counter == Counter::DailySendBudget {
+        warn_budget_once(state, now);
+        Throttle::SendBudget
+    } else {
+        Throttle::NumberSends
+    };
+    ApiError::TooManyRequests { throttle, retry_after }
 }
 
 fn warn_budget_once(state: &AppState, now: UnixTime) {
@@ -391,15 +388,6 @@ async fn resend(
 ) -> Result<HttpResponse, ApiError> {
     let rules =
         ResendRules { cooldown: state.limits.resend_cooldown, max_sends: state.limits.max_sends };
-    let refused = |refusal: NoResend| match refusal {
-        NoResend::Cooldown { at } => {
-            ApiError::TooManyRequests { throttle: Throttle::ResendCooldown, retry_after: at - now }
-        }
-        NoResend::MaxSends { until } => {
-            ApiError::TooManyRequests { throttle: Throttle::MaxSends, retry_after: until - now }
-        }
-        NoResend::NotPending(status) => ApiError::NotPending(status),
-    };
     // A concurrent request with the same key may have created this very
     // verification since the key was first looked up.
     if let Some((key, fingerprint)) = idempotency {
@@ -407,16 +395,36 @@ async fn resend(
             return replay(state, &record, fingerprint, now).await;
         }
     }
-    if let Some(refusal) = crate::store::resend_refusal(active, now, rules) {
-        return Err(refused(refusal));
-    }
-    count_send(state, &active.number_key, now).await?;
-    let (v, index) =
-        state.store.resend(&active.id, now, rules, idempotency).await?.map_err(refused)?;
-    state.store.commit().await?;
-    state.outbox.enqueue(v.id.clone(), index);
-    tracing::info!(verification_id = %v.id, send = index + 1, "code sent again");
-    Ok(respond(actix_web::http::StatusCode::OK, &v, now))
+    let refusal = match crate::store::resend_refusal(active, now, rules) {
+        Some(refusal) => refusal,
+        None => {
+            let hits = send_hits(&state.limits, &active.number_key);
+            match state.store.resend(&active.id, now, rules, idempotency, &hits).await? {
+                Ok((v, index)) => {
+                    state.store.commit().await?;
+                    state.outbox.enqueue(v.id.clone(), index);
+                    tracing::info!(verification_id = %v.id, send = index + 1, "code sent again");
+                    return Ok(respond(actix_web::http::StatusCode::OK, &v, now));
+                }
+                Err(refusal) => refusal,
+            }
+        }
+    };
+    Err(match refusal {
+        NoResend::Cooldown { at } => {
+            ApiError::TooManyRequests { throttle: Throttle::ResendCooldown, retry_after: at - now }
+        }
+        NoResend::MaxSends { until } => {
+            ApiError::TooManyRequests { throttle: Throttle::MaxSends, retry_after: until - now }
+        }
+        NoResend::NotPending(status) => ApiError::NotPending(status),
+        NoResend::Limited(refused) => limited(state, refused, now),
+        // A concurrent request with the same key got there first.
+        NoResend::KeyTaken(record) => {
+            let fingerprint = idempotency.map_or("", |(_, f)| f);
+            return replay(state, &record, fingerprint, now).await;
+        }
+    })
 }
 
 fn parse_id(path: &str) -> Result<VerificationId, ApiError> {

@@ -90,12 +90,18 @@ pub enum NotCreated {
     Active(VerificationId),
     /// The idempotency key was taken meanwhile.
     KeyTaken(IdempotencyRecord),
+    /// A send limit said no.
+    Limited(Refused),
 }
 
 /// Why a send was not added to a verification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoResend {
     NotPending(VerificationStatus),
+    /// The idempotency key was taken meanwhile, by another request.
+    KeyTaken(IdempotencyRecord),
+    /// A send limit said no.
+    Limited(Refused),
     /// Every allowed send was made; the verification is tried until it
     /// expires, at `until`.
     MaxSends {
@@ -229,36 +235,39 @@ impl Store {
         }
     }
 
-    /// Stores a new verification and queues its first send. Refused when
-    /// the number got a pending verification meanwhile, or the
-    /// idempotency key was taken meanwhile, so that neither race creates
-    /// two.
+    /// Stores a new verification, counts its send against `hits` and
+    /// queues it. Refused when the number got a pending verification
+    /// meanwhile, or the idempotency key was taken meanwhile, so that
+    /// neither race creates two; or when a limit says no. Only a send that
+    /// is made is counted.
     pub async fn create(
         &self,
         v: &Verification,
         purge_at: UnixTime,
         now: UnixTime,
         idempotency: Option<(&str, &str)>,
+        hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(), NotCreated>, StoreError> {
         match &self.backend {
-            Backend::Sled(s) => s.create(v, purge_at, now, idempotency),
-            Backend::Redis(r) => r.create(v, purge_at, now, idempotency).await,
+            Backend::Sled(s) => s.create(v, purge_at, now, idempotency, hits),
+            Backend::Redis(r) => r.create(v, purge_at, now, idempotency, hits).await,
         }
     }
 
-    /// Adds a send of the same code to a pending verification and queues
-    /// it, unless the rules refuse. Returns the verification and the new
-    /// send's index.
+    /// Adds a send of the same code to a pending verification, counts it
+    /// against `hits` and queues it, unless the rules or a limit refuse.
+    /// Returns the verification and the new send's index.
     pub async fn resend(
         &self,
         id: &VerificationId,
         now: UnixTime,
         rules: ResendRules,
         idempotency: Option<(&str, &str)>,
+        hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
         match &self.backend {
-            Backend::Sled(s) => s.resend(id, now, rules, idempotency),
-            Backend::Redis(r) => r.resend(id, now, rules, idempotency).await,
+            Backend::Sled(s) => s.resend(id, now, rules, idempotency, hits),
+            Backend::Redis(r) => r.resend(id, now, rules, idempotency, hits).await,
         }
     }
 

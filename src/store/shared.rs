@@ -124,6 +124,8 @@ struct Scripts {
     file: Script,
     /// Counts one event against several limits, all or none.
     count: Script,
+    /// Takes back one event from several counters, none below zero.
+    uncount: Script,
     /// Queues a send under a lease, by the server's clock.
     enqueue: Script,
     /// Takes the queued sends whose lease is over, renewing it.
@@ -184,6 +186,15 @@ impl Scripts {
                     redis.call('EXPIRE', KEYS[i], ARGV[n + i])
                 end
                 return refused",
+            ),
+            uncount: Script::new(
+                r"
+                for i = 1, #KEYS do
+                    if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then
+                        redis.call('DECR', KEYS[i])
+                    end
+                end
+                return 0",
             ),
             enqueue: Script::new(
                 r"
@@ -469,16 +480,17 @@ impl RedisStore {
         bytes.map(|b| decode(&b)).transpose()
     }
 
-    /// Stores a new verification, takes its number, files its idempotency
-    /// key and queues its first send, in that order: until the number is
-    /// taken nobody knows the verification's id, and a refusal at any step
-    /// undoes the steps before it.
+    /// Stores a new verification, files its idempotency key, takes its
+    /// number and queues its first send, in that order: nobody knows the
+    /// verification's id before, and a refusal at any step undoes the
+    /// steps before it.
     pub async fn create(
         &self,
         v: &Verification,
         purge_at: UnixTime,
         now: UnixTime,
         idempotency: Option<(&str, &str)>,
+        hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(), NotCreated>, StoreError> {
         let mut put = redis::pipe();
         put.atomic()
@@ -498,6 +510,33 @@ impl RedisStore {
         }
         put.query_async::<()>(&mut self.conn()).await?;
 
+        // The idempotency key before the number: a request with the same
+        // key then finds the record (and this verification) rather than a
+        // number that is merely taken.
+        let mut taken = None;
+        if let Some((key, fingerprint)) = idempotency {
+            let record =
+                IdempotencyRecord { fingerprint: fingerprint.into(), verification: v.id.clone() };
+            let bytes = encode(&record)?;
+            let set: Option<String> = redis::cmd("SET")
+                .arg(self.keys.idempotency(key))
+                .arg(bytes.as_slice())
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl(purge_at, now))
+                .query_async(&mut self.conn())
+                .await?;
+            if set.is_none() {
+                self.discard(&v.id).await?;
+                return match self.idempotency(key).await? {
+                    Some(record) => Ok(Err(NotCreated::KeyTaken(record))),
+                    // Taken, then expired meanwhile: the caller may retry.
+                    None => Err(StoreError::Unavailable),
+                };
+            }
+            taken = Some((self.keys.idempotency(key), bytes));
+        }
+
         let number = self.keys.active(&Verification::active_key(&v.number_key, v.purpose));
         loop {
             let holder: Option<String> = self
@@ -512,6 +551,7 @@ impl RedisStore {
             if let Some(other) = VerificationId::parse(&holder) {
                 let pending = self.get(&other).await?;
                 if pending.is_some_and(|o| o.status_at(now) == VerificationStatus::Pending) {
+                    self.give_back(taken.as_ref()).await?;
                     self.discard(&v.id).await?;
                     return Ok(Err(NotCreated::Active(other)));
                 }
@@ -520,27 +560,13 @@ impl RedisStore {
             // is gone): free the number, then try again.
             self.release_key(&number, &holder).await?;
         }
-
-        if let Some((key, fingerprint)) = idempotency {
-            let record =
-                IdempotencyRecord { fingerprint: fingerprint.into(), verification: v.id.clone() };
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.keys.idempotency(key))
-                .arg(encode(&record)?)
-                .arg("NX")
-                .arg("EX")
-                .arg(ttl(purge_at, now))
-                .query_async(&mut self.conn())
-                .await?;
-            if set.is_none() {
-                self.release_key(&number, v.id.as_str()).await?;
-                self.discard(&v.id).await?;
-                return match self.idempotency(key).await? {
-                    Some(record) => Ok(Err(NotCreated::KeyTaken(record))),
-                    // Taken, then expired meanwhile: the caller may retry.
-                    None => Err(StoreError::Unavailable),
-                };
-            }
+        // Counted only once the number is this verification's: requests
+        // that lose a race for it count nothing.
+        if let Err(refused) = self.count(hits, now).await? {
+            self.release_key(&number, v.id.as_str()).await?;
+            self.give_back(taken.as_ref()).await?;
+            self.discard(&v.id).await?;
+            return Ok(Err(NotCreated::Limited(refused)));
         }
         self.enqueue(&v.id, 0).await?;
         if let Some(at) = v.fallback_at {
@@ -575,36 +601,71 @@ impl RedisStore {
         now: UnixTime,
         rules: ResendRules,
         idempotency: Option<(&str, &str)>,
+        hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
+        // The key is taken first, with NX, so that of two requests with one
+        // key only one can go on; it is given back if the resend is refused.
+        let mut taken: Option<(String, Vec<u8>)> = None;
         loop {
             let Some(loaded) = self.load(id).await? else {
+                self.give_back(taken.as_ref()).await?;
                 return Ok(Err(NoResend::NotPending(VerificationStatus::Expired)));
             };
+            if let (Some((key, fingerprint)), None) = (idempotency, &taken) {
+                let record =
+                    IdempotencyRecord { fingerprint: fingerprint.into(), verification: id.clone() };
+                let bytes = encode(&record)?;
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(self.keys.idempotency(key))
+                    .arg(bytes.as_slice())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(loaded.ttl)
+                    .query_async(&mut self.conn())
+                    .await?;
+                if set.is_none() {
+                    return match self.idempotency(key).await? {
+                        Some(record) => Ok(Err(NoResend::KeyTaken(record))),
+                        None => Err(StoreError::Unavailable),
+                    };
+                }
+                taken = Some((self.keys.idempotency(key), bytes));
+            }
             let mut v = loaded.v.clone();
             if let Some(refusal) = resend_refusal(&v, now, rules) {
+                self.give_back(taken.as_ref()).await?;
                 return Ok(Err(refusal));
             }
             let index = v.add_send(now);
             if let Some((key, _)) = idempotency {
                 v.idempotency_keys.push(key.to_owned());
             }
-            if !self.swap(&loaded, &v).await? {
-                continue;
+            if let Err(refused) = self.count(hits, now).await? {
+                self.give_back(taken.as_ref()).await?;
+                return Ok(Err(NoResend::Limited(refused)));
             }
-            if let Some((key, fingerprint)) = idempotency {
-                let record =
-                    IdempotencyRecord { fingerprint: fingerprint.into(), verification: id.clone() };
-                redis::cmd("SET")
-                    .arg(self.keys.idempotency(key))
-                    .arg(encode(&record)?)
-                    .arg("EX")
-                    .arg(loaded.ttl)
-                    .query_async::<()>(&mut self.conn())
-                    .await?;
+            if !self.swap(&loaded, &v).await? {
+                // Someone wrote first: this send is not made (yet).
+                self.uncount(hits, now).await?;
+                continue;
             }
             self.enqueue(id, index).await?;
             return Ok(Ok((v, index)));
         }
+    }
+
+    /// Deletes an idempotency key this request took, if it still holds
+    /// what the request wrote.
+    async fn give_back(&self, taken: Option<&(String, Vec<u8>)>) -> Result<(), StoreError> {
+        if let Some((key, bytes)) = taken {
+            self.scripts
+                .release
+                .key(key)
+                .arg(bytes.as_slice())
+                .invoke_async::<i64>(&mut self.conn())
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn update<T>(
@@ -959,6 +1020,19 @@ impl RedisStore {
             .map(|&(counter, _, limit)| Refused { counter, retry_after: limit.retry_after(now) })
             .max_by_key(|r| r.retry_after);
         Ok(longest.map_or(Ok(()), Err))
+    }
+
+    pub async fn uncount(
+        &self,
+        hits: &[(Counter, &str, Limit)],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut script = self.scripts.uncount.prepare_invoke();
+        for &(counter, subject, limit) in hits {
+            script.key(self.keys.counter(counter, subject, limit.window_end(now)));
+        }
+        script.invoke_async::<()>(&mut self.conn()).await?;
+        Ok(())
     }
 
     pub async fn counted(

@@ -347,3 +347,77 @@ async fn a_login_refused_while_a_password_rotates_is_retried() {
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Sum of the send counters of one kind (1: per number and hour) under
+/// `prefix`.
+fn hourly_sends(prefix: &str) -> i64 {
+    let mut c = conn();
+    keys(&mut c, &format!("{prefix}:{{limits}}:c:1:*"))
+        .iter()
+        .map(|k| redis::cmd("GET").arg(k).query::<i64>(&mut c).unwrap())
+        .sum()
+}
+
+#[actix_web::test]
+async fn a_burst_for_one_number_sends_and_counts_once() {
+    let prefix = unique_prefix("burst");
+    let a = spawn_on_redis(&prefix, &[]).await;
+    let b = spawn_on_redis(&prefix, &[]).await;
+
+    // One Idempotency-Key: one verification, every other answer a replay.
+    let number = fresh_number();
+    let key = [("idempotency-key", "burst-key-1")];
+    let replies =
+        join_all((0..20).map(|i| if i % 2 == 0 { &a } else { &b }.send_code_reply(&number, &key)))
+            .await;
+    let texts: Vec<_> = replies.iter().map(|r| (r.status, &r.text)).collect();
+    assert_eq!(replies.iter().filter(|r| r.status == 201).count(), 1, "{texts:?}");
+    assert!(replies.iter().all(|r| r.status == 201 || r.status == 200), "{texts:?}");
+    let ids: std::collections::HashSet<String> = replies.iter().map(|r| id_of(&r.json())).collect();
+    assert_eq!(ids.len(), 1, "{texts:?}");
+    assert_eq!(hourly_sends(&prefix), 1, "one send, counted once");
+
+    // No key: one verification, the others told to wait; counted once.
+    let number = fresh_number();
+    let replies =
+        join_all((0..20).map(|i| if i % 2 == 0 { &a } else { &b }.send_code_reply(&number, &[])))
+            .await;
+    let texts: Vec<_> = replies.iter().map(|r| (r.status, &r.text)).collect();
+    assert_eq!(replies.iter().filter(|r| r.status == 201).count(), 1, "{texts:?}");
+    for r in replies.iter().filter(|r| r.status != 201) {
+        assert_eq!(r.problem(429), "resend-cooldown", "{texts:?}");
+    }
+    assert_eq!(hourly_sends(&prefix), 2, "two sends in all, each counted once");
+}
+
+#[actix_web::test]
+async fn one_idempotency_key_serves_one_request_across_instances() {
+    let prefix = unique_prefix("idem");
+    let a = spawn_on_redis(&prefix, &[]).await;
+    let b = spawn_on_redis(&prefix, &[]).await;
+    for round in 0..6 {
+        // A number whose pending verification may be sent again...
+        let old = fresh_number();
+        a.send_code(&old).await;
+        a.clock.advance(61);
+        b.clock.advance(61);
+        // ...and a new one, both asked for at once under one key.
+        let key = format!("shared-key-{round}");
+        let header = [("idempotency-key", key.as_str())];
+        let new = fresh_number();
+        let (first, second) = futures_util::future::join(
+            a.send_code_reply(&new, &header),
+            b.send_code_reply(&old, &header),
+        )
+        .await;
+        let ok = [&first, &second].iter().filter(|r| r.status == 201 || r.status == 200).count();
+        assert_eq!(ok, 1, "round {round}: {} / {}", first.text, second.text);
+        let refused = if first.status == 422 { &first } else { &second };
+        assert_eq!(refused.problem(422), "idempotency-key-reused");
+        // The winner's retry is a replay of its own verification.
+        let (winner, number) = if first.status == 422 { (&second, &old) } else { (&first, &new) };
+        let again = a.send_code_reply(number, &header).await;
+        assert_eq!(again.status, 200, "{}", again.text);
+        assert_eq!(id_of(&again.json()), id_of(&winner.json()));
+    }
+}

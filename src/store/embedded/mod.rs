@@ -40,7 +40,7 @@ use sled::Transactional;
 
 use crate::clock::UnixTime;
 use crate::domain::{
-    Channel, DeliveryStatus, SendOutcome, StatusEvent, Verification, VerificationId,
+    Channel, DeliveryStatus, Limit, SendOutcome, StatusEvent, Verification, VerificationId,
     VerificationStatus,
 };
 
@@ -49,8 +49,8 @@ use commit::GroupCommit;
 pub use purge::{Purged, Sweeper};
 
 use super::{
-    resend_refusal, Failure, IdempotencyRecord, NoResend, NotCreated, ResendRules, StatusUpdate,
-    StoreError, Tally,
+    resend_refusal, Counter, Failure, IdempotencyRecord, NoResend, NotCreated, ResendRules,
+    StatusUpdate, StoreError, Tally,
 };
 
 /// A transaction that stopped on purpose, or failed.
@@ -223,6 +223,7 @@ impl SledStore {
         purge_at: UnixTime,
         now: UnixTime,
         idempotency: Option<(&str, &str)>,
+        hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(), NotCreated>, StoreError> {
         let id = v.id.as_str();
         let value = encode(v)?;
@@ -234,8 +235,9 @@ impl SledStore {
             &self.wipe_at,
             &self.purge_at,
             &self.fallback_at,
+            &self.counters,
         );
-        finish(trees.transaction(|(vt, at, it, ot, wt, pt, ft)| {
+        finish(trees.transaction(|(vt, at, it, ot, wt, pt, ft, ct)| {
             let active_key = Verification::active_key(&v.number_key, v.purpose);
             if let Some(raw) = at.get(active_key.as_str())? {
                 let other = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse);
@@ -256,6 +258,9 @@ impl SledStore {
                     verification: v.id.clone(),
                 };
                 it.insert(key, encode(&record).map_err(fail)?)?;
+            }
+            if let Some(refused) = counters::count_in(ct, hits, now)? {
+                return Err(stop(NotCreated::Limited(refused)));
             }
             vt.insert(id, value.as_slice())?;
             at.insert(active_key.as_str(), id)?;
@@ -278,14 +283,23 @@ impl SledStore {
         now: UnixTime,
         rules: ResendRules,
         idempotency: Option<(&str, &str)>,
+        hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
-        let trees = (&self.verifications, &self.idempotency, &self.outbox);
-        finish(trees.transaction(|(vt, it, ot)| {
+        let trees = (&self.verifications, &self.idempotency, &self.outbox, &self.counters);
+        finish(trees.transaction(|(vt, it, ot, ct)| {
+            if let Some((key, _)) = idempotency {
+                if let Some(bytes) = it.get(key)? {
+                    return Err(stop(NoResend::KeyTaken(decode(&bytes).map_err(fail)?)));
+                }
+            }
             let Some(mut v) = load(vt, id)? else {
                 return Err(stop(NoResend::NotPending(VerificationStatus::Expired)));
             };
             if let Some(refusal) = resend_refusal(&v, now, rules) {
                 return Err(stop(refusal));
+            }
+            if let Some(refused) = counters::count_in(ct, hits, now)? {
+                return Err(stop(NoResend::Limited(refused)));
             }
             let index = v.add_send(now);
             if let Some((key, fingerprint)) = idempotency {

@@ -29,7 +29,7 @@ fn verification(n: u8) -> Verification {
 }
 
 fn insert(store: &SledStore, v: &Verification, purge_at: i64) {
-    store.create(v, purge_at, 1_000, None).unwrap().unwrap();
+    store.create(v, purge_at, 1_000, None, &[]).unwrap().unwrap();
 }
 
 fn accepted(store: &SledStore, v: &Verification, message_id: &str) -> Verification {
@@ -96,11 +96,11 @@ fn a_number_has_one_pending_verification_at_a_time() {
     let mut second = verification(2);
     second.number_key = first.number_key.clone();
     assert_eq!(
-        store.create(&second, 9_000, 1_000, None).unwrap(),
+        store.create(&second, 9_000, 1_000, None, &[]).unwrap(),
         Err(NotCreated::Active(first.id.clone()))
     );
     assert_eq!(
-        store.create(&second, 9_000, 1_600, None).unwrap(),
+        store.create(&second, 9_000, 1_600, None, &[]).unwrap(),
         Ok(()),
         "once the first expired"
     );
@@ -110,8 +110,8 @@ fn a_number_has_one_pending_verification_at_a_time() {
 fn idempotency_keys_are_taken_once() {
     let store = temp_store();
     let (a, b) = (verification(1), verification(2));
-    store.create(&a, 9_000, 1_000, Some(("key-1", "fp"))).unwrap().unwrap();
-    let taken = store.create(&b, 9_000, 1_000, Some(("key-1", "other"))).unwrap();
+    store.create(&a, 9_000, 1_000, Some(("key-1", "fp")), &[]).unwrap().unwrap();
+    let taken = store.create(&b, 9_000, 1_000, Some(("key-1", "other")), &[]).unwrap();
     let record = IdempotencyRecord { fingerprint: "fp".into(), verification: a.id.clone() };
     assert_eq!(taken, Err(NotCreated::KeyTaken(record)));
     assert!(store.get(&b.id).unwrap().is_none());
@@ -124,14 +124,14 @@ fn resends_respect_cooldown_and_maximum() {
     insert(&store, &v, 9_000);
     let rules = ResendRules { cooldown: 60, max_sends: 3 };
     assert_eq!(
-        store.resend(&v.id, 1_059, rules, None).unwrap(),
+        store.resend(&v.id, 1_059, rules, None, &[]).unwrap(),
         Err(NoResend::Cooldown { at: 1_060 })
     );
-    let (after, index) = store.resend(&v.id, 1_060, rules, None).unwrap().unwrap();
+    let (after, index) = store.resend(&v.id, 1_060, rules, None, &[]).unwrap().unwrap();
     assert_eq!((index, after.sends.len()), (1, 2));
-    store.resend(&v.id, 1_120, rules, None).unwrap().unwrap();
+    store.resend(&v.id, 1_120, rules, None, &[]).unwrap().unwrap();
     assert_eq!(
-        store.resend(&v.id, 1_500, rules, None).unwrap(),
+        store.resend(&v.id, 1_500, rules, None, &[]).unwrap(),
         Err(NoResend::MaxSends { until: 1_600 })
     );
     assert_eq!(store.outbox().unwrap().len(), 3, "every send is queued until answered");
@@ -273,7 +273,7 @@ fn the_store_does_not_grow_under_churn() {
             v.number_key = format!("number-{round}-{n}");
             v.created_at = start;
             v.expires_at = start + 600;
-            store.create(&v, start + 1_200, start, None).unwrap().unwrap();
+            store.create(&v, start + 1_200, start, None, &[]).unwrap().unwrap();
             let sent = SendOutcome::Accepted { message_id: format!("wamid.{round}.{n}") };
             store.record_send(&id, 0, &sent, start).unwrap();
         }
