@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 
 use crate::clock::SharedClock;
 use crate::domain::{
-    Channel, Code, DeliveryError, Keyring, PhoneNumber, SendOutcome, VerificationId,
-    VerificationStatus,
+    Channel, Code, DeliveryError, DeliveryStatus, Keyring, PhoneNumber, SendOutcome,
+    VerificationId, VerificationStatus,
 };
 use crate::fallback;
 use crate::settings::{FallbackSettings, GraphSettings, LimitSettings, SmsSettings};
@@ -162,6 +162,11 @@ impl Worker {
             return self.store.unqueue(&job.id, job.index).await;
         };
         let now = self.clock.now();
+        if v.sends.get(job.index).is_some_and(|a| a.delivery.status != DeliveryStatus::Queued) {
+            // Answered already: its instance stopped after recording the
+            // answer and before taking the send off the queue.
+            return self.store.unqueue(&job.id, job.index).await;
+        }
         let channel = v.sends.get(job.index).map(|a| a.channel);
         let secret = v.secret.as_deref().and_then(|sealed| self.keys.open(&v.id, sealed));
         let pending = v.status_at(now) == VerificationStatus::Pending;
@@ -264,7 +269,10 @@ impl Worker {
         let mut queued = Vec::new();
         for id in due {
             let due_now = self.store.get(&id).await?.filter(|v| v.fallback_due(now, off));
-            let Some(v) = due_now else { continue };
+            let Some(v) = due_now else {
+                self.store.fallback_done(&id).await?;
+                continue;
+            };
             // An SMS costs like any send: the number's limits and the
             // daily budget hold for fallbacks too.
             if let Err(refused) =
@@ -275,12 +283,14 @@ impl Worker {
                     limit = ?refused.counter,
                     "no fallback to sms: a send limit is reached"
                 );
+                self.store.fallback_done(&id).await?;
                 continue;
             }
             if let Some((v, index)) = self.store.fall_back(&id, now, off).await? {
                 tracing::info!(verification_id = %v.id, "whatsapp did not deliver: falling back to sms");
-                queued.push(Job { id, index });
+                queued.push(Job { id: id.clone(), index });
             }
+            self.store.fallback_done(&id).await?;
         }
         self.store.commit().await?;
         for job in queued {

@@ -701,9 +701,13 @@ fn store_settings(url: Option<&str>, prefix: Option<&str>) -> Result<StoreSettin
     match url.map(str::trim) {
         None | Some("") | Some("sled") => Ok(StoreSettings::Sled),
         Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-            // Parsed the way the client will, without echoing a password.
-            redis::parse_redis_url(url).ok_or_else(|| {
-                invalid("WAVERIFY_STORE", "is not a valid redis:// or rediss:// URL".to_owned())
+            // Parsed the way the client will (a host is needed, the
+            // database a number), without echoing a password.
+            redis::Client::open(url).map_err(|_| {
+                invalid(
+                    "WAVERIFY_STORE",
+                    "is not a valid redis://host:port/db or rediss://host:port/db URL".to_owned(),
+                )
             })?;
             Ok(StoreSettings::Redis { url: Secret::new(url.to_owned()), prefix })
         }

@@ -39,6 +39,11 @@ pub enum StoreError {
     Flush(String),
     #[error("the store does not answer reads")]
     Unavailable,
+    #[error(
+        "no answer from Redis within {0} s (a rediss:// URL to a server without TLS, or the \
+         reverse, looks like this)"
+    )]
+    ConnectTimeout(u64),
     #[error("the flush thread is gone")]
     CommitterGone,
 }
@@ -418,12 +423,22 @@ impl Store {
         }
     }
 
-    /// Takes every verification whose fallback is due by `now` off the
-    /// schedule; with several instances, each is taken by one.
+    /// The verifications whose fallback is due by `now`. On sled they leave
+    /// the schedule at once; on Redis each is taken by one instance under a
+    /// lease, and leaves the schedule with [`Store::fallback_done`], so that
+    /// an instance that stops half-way leaves it to another.
     pub async fn due_fallbacks(&self, now: UnixTime) -> Result<Vec<VerificationId>, StoreError> {
         match &self.backend {
             Backend::Sled(s) => s.due_fallbacks(now),
             Backend::Redis(r) => r.due_fallbacks(now).await,
+        }
+    }
+
+    /// The fallback of `id` was dealt with: done, or not due after all.
+    pub async fn fallback_done(&self, id: &VerificationId) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Redis(r) => r.fallback_done(id).await,
         }
     }
 

@@ -130,7 +130,7 @@ struct Scripts {
     enqueue: Script,
     /// Takes the queued sends whose lease is over, renewing it.
     claim_queued: Script,
-    /// Takes the fallbacks due.
+    /// Takes the fallbacks due, under a lease.
     pop_due: Script,
     /// Switches WhatsApp off, never shortening a longer pause.
     switch_off: Script,
@@ -213,7 +213,9 @@ impl Scripts {
             pop_due: Script::new(
                 r"
                 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-                for _, member in ipairs(due) do redis.call('ZREM', KEYS[1], member) end
+                for _, member in ipairs(due) do
+                    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), member)
+                end
                 return due",
             ),
             switch_off: Script::new(
@@ -403,7 +405,10 @@ impl RedisStore {
                 });
             })
             .map_err(|e| StoreError::Flush(e.to_string()))?;
-        let conn = made_rx.recv_timeout(TIMEOUT * 3).map_err(|_| StoreError::Unavailable)??;
+        let wait = TIMEOUT * 3;
+        let conn = made_rx
+            .recv_timeout(wait)
+            .map_err(|_| StoreError::ConnectTimeout(wait.as_secs()))??;
         Ok(Self {
             conn,
             keys: Arc::new(Keys { prefix: prefix.to_owned() }),
@@ -1094,9 +1099,19 @@ impl RedisStore {
             .key(self.keys.fallbacks())
             .arg(now)
             .arg(BATCH)
+            .arg(self.lease)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(due.iter().filter_map(|id| VerificationId::parse(id)).collect())
+    }
+
+    pub async fn fallback_done(&self, id: &VerificationId) -> Result<(), StoreError> {
+        redis::cmd("ZREM")
+            .arg(self.keys.fallbacks())
+            .arg(id.as_str())
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     pub async fn fall_back(
