@@ -398,6 +398,35 @@ impl Verification {
         }
     }
 
+    /// Brings in what a logged check left behind (`attempts_left`, and the
+    /// status it ended the verification with, if it did), as a merge that
+    /// only ever moves forward: attempts never come back, and only a
+    /// pending verification takes the check's end. Every other write
+    /// moves these fields the same way (none adds attempts, none makes a
+    /// verification pending again), so merging a check that this
+    /// verification already reflects, or one older than what it reflects,
+    /// changes nothing. Returns whether anything changed.
+    pub fn absorb_check(
+        &mut self,
+        attempts_left: u32,
+        status: VerificationStatus,
+        approved_channel: Option<Channel>,
+    ) -> bool {
+        let mut changed = false;
+        if attempts_left < self.attempts_left {
+            self.attempts_left = attempts_left;
+            changed = true;
+        }
+        if self.status == VerificationStatus::Pending && status != VerificationStatus::Pending {
+            if status == VerificationStatus::Approved {
+                self.approved_channel = approved_channel;
+            }
+            self.finish(status);
+            changed = true;
+        }
+        changed
+    }
+
     /// Ends a pending verification at the login backend's request.
     pub fn cancel(&mut self, now: UnixTime) -> Result<(), VerificationStatus> {
         match self.status_at(now) {
@@ -613,6 +642,46 @@ mod tests {
             Err(VerificationStatus::MaxAttemptsReached)
         );
         assert_eq!(v.secret, None);
+    }
+
+    #[test]
+    fn a_logged_check_merges_forward_only() {
+        // What the check logged: one try used, then approval.
+        let mut checked = verification(5);
+        checked.check(1_001, None).unwrap();
+        let wrong = (checked.attempts_left, checked.status, checked.approved_channel);
+        checked.check(1_002, Some(Channel::Whatsapp)).unwrap();
+        let approved = (checked.attempts_left, checked.status, checked.approved_channel);
+
+        // Merged into a copy from before the check: it catches up.
+        let mut behind = verification(5);
+        assert!(behind.absorb_check(wrong.0, wrong.1, wrong.2));
+        assert_eq!(behind.attempts_left, 4);
+        assert!(behind.absorb_check(approved.0, approved.1, approved.2));
+        assert_eq!(behind.status, VerificationStatus::Approved);
+        assert_eq!(behind.approved_channel, Some(Channel::Whatsapp));
+        assert_eq!(behind.secret, None);
+        assert!(!behind.absorb_check(approved.0, approved.1, approved.2), "idempotent");
+
+        // Merged into a copy that is further on (more tries used, another
+        // send made): nothing goes back.
+        let mut ahead = verification(5);
+        for _ in 0..3 {
+            ahead.check(1_001, None).unwrap();
+        }
+        ahead.add_send(1_003);
+        let before = ahead.clone();
+        assert!(!ahead.absorb_check(wrong.0, wrong.1, wrong.2));
+        assert_eq!(ahead, before);
+
+        // An ended verification keeps its own end.
+        let mut canceled = verification(5);
+        canceled.cancel(1_001).unwrap();
+        canceled.absorb_check(approved.0, approved.1, approved.2);
+        assert_eq!(
+            (canceled.status, canceled.approved_channel),
+            (VerificationStatus::Canceled, None)
+        );
     }
 
     #[test]

@@ -510,11 +510,11 @@ async fn check(
         .await?
         .ok_or(ApiError::VerificationNotFound)?;
     let outcome = outcome?;
-    if outcome != CheckOutcome::Approved {
-        let number = verification.number_key.as_str();
-        state.store.add(wrong, number, failures, now).await?;
-    }
-    state.store.commit().await?;
+    // A wrong code also counts against the number's hourly limit. The
+    // check and that count are made durable together (on sled, one record
+    // in the write-ahead log rather than a flush).
+    let wrong_try = (outcome != CheckOutcome::Approved).then_some((wrong, failures));
+    state.store.commit_check(&verification, wrong_try, now).await?;
 
     let result = match outcome {
         CheckOutcome::Approved => "approved",

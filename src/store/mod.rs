@@ -37,6 +37,8 @@ pub enum StoreError {
     Corrupt(#[from] postcard::Error),
     #[error("flush failed: {0}")]
     Flush(String),
+    #[error("write-ahead log: {0}")]
+    Log(#[from] std::io::Error),
     #[error("the store does not answer reads")]
     Unavailable,
     #[error(
@@ -49,7 +51,7 @@ pub enum StoreError {
 }
 
 /// One status Meta reported, ready to be recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusUpdate {
     pub message_id: String,
     /// Whose provider reported it.
@@ -394,6 +396,28 @@ impl Store {
         match &self.backend {
             Backend::Sled(s) => s.counted(counter, subject, limit, now),
             Backend::Redis(r) => r.counted(counter, subject, limit, now).await,
+        }
+    }
+
+    /// Makes a check durable: the verification as `update` left it and,
+    /// for a wrong code, one more count of `wrong_try` for its number.
+    pub async fn commit_check(
+        &self,
+        v: &Verification,
+        wrong_try: Option<(Counter, Limit)>,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => {
+                let counted = wrong_try
+                    .map(|(counter, limit)| s.add_counted(counter, &v.number_key, limit, now))
+                    .transpose()?;
+                s.commit_check(v, counted).await
+            }
+            Backend::Redis(r) => match wrong_try {
+                Some((counter, limit)) => r.add(counter, &v.number_key, limit, now).await,
+                None => Ok(()),
+            },
         }
     }
 

@@ -13,6 +13,12 @@
 //! The stand-in reports `read` itself three seconds after a send, stamped
 //! with the current time. The storm's timestamps are all years earlier, so
 //! that report can never hide one of them.
+//!
+//! Checks get the same treatment: a storm of wrong codes, a SIGKILL, and
+//! after the restart no verification may have more attempts left than a
+//! 200 reported. Neither webhooks nor checks flush sled before they
+//! answer: what a kill takes from sled comes back from the write-ahead
+//! log, so both tests fail if its replay is skipped.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -92,8 +98,16 @@ fn listening_address(log: &str) -> Option<String> {
 /// store may still be locked for a moment, so a start that exits is tried
 /// again until a deadline.
 fn start(data: &Path, logs: &Path, name: &str) -> Server {
+    start_extra(data, logs, name, &[])
+}
+
+/// The same, with settings of its own.
+fn start_extra(data: &Path, logs: &Path, name: &str, extra: &[(&str, String)]) -> Server {
     let mut vars = base_vars(data);
     vars.insert("WAVERIFY_LOG".into(), "warn".into());
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), v.clone());
+    }
     start_with(&vars, logs, name)
 }
 
@@ -464,4 +478,133 @@ async fn statuses_answered_200_survive_kill_9() {
         previous = Some(pool);
     }
     println!("durability: {ROUNDS} kills in {:?}", began.elapsed());
+}
+
+/// Checks per verification: wrong codes only, so each verification takes
+/// `CHECK_ATTEMPTS` of them and refuses the rest.
+const CHECK_POOL: usize = 160;
+const CHECK_ATTEMPTS: u32 = 20;
+
+fn check_number(round: usize, index: usize) -> String {
+    format!("+1555030{round}{index:03}")
+}
+
+/// A check answered 200 used a try for good: after a SIGKILL and a
+/// restart, each verification has at most as many attempts left as the
+/// last 200 said, and no fewer than the checks sent allow. The kill lands
+/// while checks are in flight, so what sled had not written out must come
+/// back from the write-ahead log.
+#[actix_web::test]
+async fn checks_answered_200_survive_kill_9() {
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("check durability: seed {seed}");
+    let rng = RefCell::new(Rng(seed));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = client();
+    let vars = [
+        ("WAVERIFY_MAX_ATTEMPTS", CHECK_ATTEMPTS.to_string()),
+        ("WAVERIFY_CLIENT_REQUESTS_PER_MINUTE", "10000000".to_owned()),
+    ];
+    for round in 0..3 {
+        let mut server = start_extra(&data, dir.path(), &format!("check-{round}"), &vars);
+        let base = server.base.clone();
+        let url = format!("{base}/v1/verifications");
+        let created =
+            join_all((0..CHECK_POOL).map(|i| {
+                api(&http, "POST", url.clone(), Some(json!({"to": check_number(round, i)})))
+            }))
+            .await;
+        let ids: Vec<String> = created
+            .into_iter()
+            .map(|(status, v)| {
+                assert_eq!(status, 201, "round {round}: send-code: {v}");
+                v["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        // Per verification: checks sent, and the fewest attempts left a
+        // 200 reported.
+        let sent = RefCell::new(vec![0u32; CHECK_POOL]);
+        let least = RefCell::new(vec![CHECK_ATTEMPTS; CHECK_POOL]);
+        let killed = Cell::new(false);
+        let acknowledged = Cell::new(0usize);
+        let unexpected = RefCell::new(Vec::new());
+        let kill_after = Duration::from_millis(100 + rng.borrow_mut().below(300) as u64);
+        let worker = || async {
+            let started = Instant::now();
+            while !killed.get() && started.elapsed() < STORM_LIMIT {
+                let index = rng.borrow_mut().below(CHECK_POOL);
+                sent.borrow_mut()[index] += 1;
+                let url = format!("{base}/v1/verifications/{}/check", ids[index]);
+                let req =
+                    http.post(&url).insert_header(("authorization", format!("Bearer {API_KEY}")));
+                let mut res = match req.send_json(&json!({"code": "000000"})).await {
+                    Ok(res) => res,
+                    Err(_) if killed.get() => return,
+                    Err(e) => {
+                        unexpected.borrow_mut().push(format!("before the kill: {e}"));
+                        return;
+                    }
+                };
+                let Ok(bytes) = res.body().await else { return };
+                match res.status().as_u16() {
+                    200 => {
+                        let v: Value = serde_json::from_slice(&bytes).unwrap();
+                        let left = v["attempts_left"].as_u64().unwrap() as u32;
+                        let mut least = least.borrow_mut();
+                        least[index] = least[index].min(left);
+                        acknowledged.set(acknowledged.get() + 1);
+                    }
+                    // Out of attempts, or the one code in a million.
+                    409 => {}
+                    other => unexpected.borrow_mut().push(format!("{other}")),
+                }
+            }
+        };
+        let killer = async {
+            actix_web::rt::time::sleep(kill_after).await;
+            let limit = Instant::now() + Duration::from_secs(5);
+            while acknowledged.get() == 0 && Instant::now() < limit {
+                actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+            }
+            killed.set(true);
+            server.child.kill().expect("SIGKILL sent");
+        };
+        futures_util::future::join(join_all((0..IN_FLIGHT).map(|_| worker())), killer).await;
+        server.child.wait().unwrap();
+        drop(server);
+        let unexpected = unexpected.take();
+        assert!(unexpected.is_empty(), "round {round}: unexpected answers: {unexpected:?}");
+        assert!(acknowledged.get() > 0, "round {round}: no check was answered 200");
+
+        let server = start_extra(&data, dir.path(), &format!("check-{round}-after"), &vars);
+        let polled =
+            join_all(ids.iter().map(|id| {
+                api(&http, "GET", format!("{}/v1/verifications/{id}", server.base), None)
+            }))
+            .await;
+        let (sent, least) = (sent.take(), least.take());
+        let mut beyond = 0;
+        for (i, (status, v)) in polled.iter().enumerate() {
+            assert_eq!(*status, 200, "round {round}: {v}");
+            let left = v["attempts_left"].as_u64().unwrap() as u32;
+            assert!(
+                left <= least[i],
+                "round {round}: a check answered 200 with {} attempts left, yet after the \
+                 kill {left} are left: {v}",
+                least[i]
+            );
+            assert!(left >= CHECK_ATTEMPTS.saturating_sub(sent[i]), "round {round}: {v}");
+            if least[i] == 0 {
+                assert_eq!(v["status"], "max_attempts_reached", "round {round}: {v}");
+            }
+            beyond += usize::from(left < least[i]);
+        }
+        println!(
+            "round {round}: killed after {kill_after:?}, {} checks answered 200; {beyond} \
+             verifications also kept tries whose answer never came",
+            acknowledged.get()
+        );
+        drop(server);
+    }
 }

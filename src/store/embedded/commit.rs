@@ -1,10 +1,10 @@
 //! Group commit: many requests, one flush.
 //!
 //! Each request that must be durable before it answers sends a job to a
-//! dedicated thread: a waiter, or (from a webhook) statuses to apply. The
-//! thread takes every job queued so far, applies the statuses in as few
-//! sled transactions as it can, runs one blocking `flush`, and answers
-//! them all. A waiter is only taken after its writes were made, and the
+//! dedicated thread: a waiter, or (from a webhook, in a store without a
+//! write-ahead log) statuses to apply. The thread takes every job queued
+//! so far, applies the statuses, runs one blocking `flush`, and answers
+//! them all. The write-ahead log also asks it for its checkpoints. A waiter is only taken after its writes were made, and the
 //! flush starts after it is taken, so the flush covers them. Under load one
 //! fsync serves dozens of requests, and one wake-up of this thread serves
 //! both the webhooks' writes and everyone's flush.
@@ -24,9 +24,6 @@ use crate::clock::UnixTime;
 /// The shortest time between the starts of two flushes: at most a
 /// millisecond more before an answer, for far fewer flushes under load.
 const MIN_GAP: Duration = Duration::from_millis(1);
-
-/// The most webhook bodies one transaction takes: a bound on its size.
-const MAX_BODIES: usize = 16;
 
 /// What to do once the flush that covers a request's writes is over.
 type Waiter = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -133,28 +130,13 @@ fn flush_loop(db: &sled::Db, trees: &StatusTrees, rx: &mpsc::Receiver<Job>) {
     }
 }
 
-/// Applies the bodies, `MAX_BODIES` to a transaction; a failed transaction
-/// fails every body in it, and only those.
+/// Applies the bodies one after the other; a body that fails gets its
+/// error, and only that body.
 fn apply_bodies(trees: &StatusTrees, bodies: Vec<Body>) -> Vec<StatusReply> {
-    let mut replies = Vec::with_capacity(bodies.len());
-    let mut bodies = bodies.into_iter().peekable();
-    while bodies.peek().is_some() {
-        let chunk: Vec<_> = bodies.by_ref().take(MAX_BODIES).collect();
-        let view: Vec<(&[StatusUpdate], UnixTime)> =
-            chunk.iter().map(|(updates, now, _)| (updates.as_slice(), *now)).collect();
-        match trees.apply(&view) {
-            Ok(tallies) => {
-                for ((_, _, reply), tally) in chunk.into_iter().zip(tallies) {
-                    replies.push((reply, Ok(tally)));
-                }
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                for (_, _, reply) in chunk {
-                    replies.push((reply, Err(reason.clone())));
-                }
-            }
-        }
-    }
-    replies
+    bodies
+        .into_iter()
+        .map(|(updates, now, reply)| {
+            (reply, trees.apply_each(&updates, now).map_err(|error| error.to_string()))
+        })
+        .collect()
 }

@@ -8,13 +8,13 @@ use crate::clock::UnixTime;
 use crate::domain::Limit;
 use crate::store::{Counter, Refused, StoreError};
 
-fn key(counter: Counter, subject: &str, limit: Limit, now: UnixTime) -> Vec<u8> {
+pub(super) fn key(counter: Counter, subject: &str, limit: Limit, now: UnixTime) -> Vec<u8> {
     let mut suffix = vec![counter.tag()];
     suffix.extend_from_slice(subject.as_bytes());
     time_key(limit.window_end(now), &suffix)
 }
 
-fn read(bytes: Option<sled::IVec>) -> u64 {
+pub(super) fn read(bytes: Option<sled::IVec>) -> u64 {
     bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
 }
 

@@ -3,9 +3,11 @@
 //!
 //! Writes are not durable when a method returns: call [`SledStore::commit`]
 //! before acknowledging anything, so that a crash after the answer loses
-//! nothing. Concurrent commits share one flush (see `commit.rs`). The one
-//! exception is [`SledStore::record_statuses`], durable when it returns (see
-//! `commit.rs`).
+//! nothing. Concurrent commits share one flush (see `commit.rs`). The
+//! exceptions are [`SledStore::record_statuses`], durable when it returns, and
+//! a check, made durable by [`SledStore::commit_check`]: both go through the
+//! write-ahead log (see `wal.rs`), which sled is flushed for only now and
+//! then.
 //!
 //! Trees:
 //! - `verifications`: verification id -> the verification (postcard)
@@ -28,6 +30,8 @@ mod commit;
 mod counters;
 mod fallback;
 mod purge;
+mod statuses;
+mod wal;
 
 use std::path::Path;
 
@@ -40,8 +44,7 @@ use sled::Transactional;
 
 use crate::clock::UnixTime;
 use crate::domain::{
-    Channel, DeliveryStatus, Limit, SendOutcome, StatusEvent, Verification, VerificationId,
-    VerificationStatus,
+    Channel, Limit, SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus,
 };
 
 use commit::GroupCommit;
@@ -109,6 +112,9 @@ pub struct SledStore {
     not_on_whatsapp: sled::Tree,
     state: sled::Tree,
     commit: GroupCommit,
+    /// Where webhook statuses and checks are made durable; `None` for a
+    /// store that lives in memory, which flushes instead.
+    wal: Option<wal::Wal>,
 }
 
 /// sled's page cache; its default is 1 GiB.
@@ -142,7 +148,10 @@ impl SledStore {
         // The page cache is bounded, so resident memory stays flat however
         // much the store holds.
         let config = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES);
-        Self::from_db(config.open()?)
+        let mut store = Self::from_db(config.open()?)?;
+        // Replays what the log holds before anything reads the store.
+        store.wal = Some(wal::Wal::open(&dir.join(wal::DIR), &store)?);
+        Ok(store)
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
@@ -172,6 +181,7 @@ impl SledStore {
             not_on_whatsapp: db.open_tree("not_on_whatsapp")?,
             state: db.open_tree("state")?,
             commit,
+            wal: None,
             db,
         })
     }
@@ -419,8 +429,9 @@ impl SledStore {
         Ok(v)
     }
 
-    /// Applies the statuses of one webhook body, all or nothing, and
-    /// returns once they are on disk.
+    /// Applies the statuses of one webhook body and returns once they are
+    /// on disk. Each status is applied on its own, without a transaction
+    /// (see `statuses.rs`).
     ///
     /// A status is matched by its message id; failing that, by the
     /// verification id in `biz_opaque_callback_data`, which covers a status
@@ -429,10 +440,12 @@ impl SledStore {
     /// [`SledStore::record_send`] if its message turns up later; Meta cannot be
     /// asked for it again.
     ///
-    /// Bodies are applied by the group commit's thread, which takes every
-    /// body waiting, applies them in few transactions and flushes once:
-    /// under load one transaction and one fsync serve many webhooks, and
-    /// the request workers never wait on sled's transaction lock.
+    /// A body is applied in the caller's thread, then appended to the
+    /// write-ahead log, whose thread takes every record waiting, writes
+    /// them and syncs once (see `wal.rs`): under load one `fdatasync`
+    /// serves many webhooks, and sled is not flushed for them. A store
+    /// without a log (in memory) flushes sled instead, on the group
+    /// commit's thread.
     pub async fn record_statuses(
         &self,
         updates: Vec<StatusUpdate>,
@@ -441,7 +454,10 @@ impl SledStore {
         if updates.is_empty() {
             return Ok(Tally::default());
         }
-        self.commit.apply(updates, now).await
+        match &self.wal {
+            Some(wal) => wal.apply(&self.status_trees(), updates, now).await,
+            None => self.commit.apply(updates, now).await,
+        }
     }
 
     /// The same without waiting for the disk, in the caller's thread.
@@ -450,8 +466,7 @@ impl SledStore {
         updates: &[StatusUpdate],
         now: UnixTime,
     ) -> Result<Tally, StoreError> {
-        let mut tallies = self.status_trees().apply(&[(updates, now)])?;
-        Ok(tallies.pop().unwrap_or_default())
+        self.status_trees().apply_each(updates, now)
     }
 
     fn status_trees(&self) -> StatusTrees {
@@ -473,35 +488,6 @@ pub(crate) struct StatusTrees {
     parked_by_time: sled::Tree,
 }
 
-impl StatusTrees {
-    /// Applies several bodies in one transaction: all of them, or none.
-    fn apply(&self, bodies: &[(&[StatusUpdate], UnixTime)]) -> Result<Vec<Tally>, StoreError> {
-        let trees = (&self.verifications, &self.messages, &self.parked, &self.parked_by_time);
-        let result = finish(trees.transaction(|(vt, mt, pt, ptt)| {
-            let mut tallies = Vec::with_capacity(bodies.len());
-            for (updates, now) in bodies {
-                let mut tally = Tally::default();
-                for update in updates.iter() {
-                    match apply_to_verification(vt, mt, update)? {
-                        Some((true, failure)) => {
-                            tally.applied += 1;
-                            tally.failures.extend(failure);
-                        }
-                        Some((false, _)) => tally.unchanged += 1,
-                        None => {
-                            park(pt, ptt, update, *now)?;
-                            tally.parked += 1;
-                        }
-                    }
-                }
-                tallies.push(tally);
-            }
-            Ok(tallies)
-        }));
-        Ok(result?.unwrap_or_else(|never: std::convert::Infallible| match never {}))
-    }
-}
-
 fn load<S>(vt: &TransactionalTree, id: &VerificationId) -> TxResult<Option<Verification>, S> {
     match vt.get(id.as_str())? {
         Some(bytes) => Ok(Some(decode(&bytes).map_err(fail)?)),
@@ -511,60 +497,6 @@ fn load<S>(vt: &TransactionalTree, id: &VerificationId) -> TxResult<Option<Verif
 
 fn save<S>(vt: &TransactionalTree, v: &Verification) -> TxResult<(), S> {
     vt.insert(v.id.as_str(), encode(v).map_err(fail)?)?;
-    Ok(())
-}
-
-/// `Some((changed, failure))` when the status belongs to a verification,
-/// `None` when no verification claims its message.
-fn apply_to_verification<S>(
-    vt: &TransactionalTree,
-    mt: &TransactionalTree,
-    update: &StatusUpdate,
-) -> TxResult<Option<(bool, Option<Failure>)>, S> {
-    let indexed = mt
-        .get(update.message_id.as_bytes())?
-        .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
-    let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else { return Ok(None) };
-    let Some(mut v) = load(vt, &id)? else { return Ok(None) };
-    let Some(index) = v.send_for_message(&update.message_id, update.channel, indexed.is_none())
-    else {
-        return Ok(None);
-    };
-    let changed = v.sends[index].delivery.apply(&update.event);
-    if indexed.is_none() {
-        mt.insert(update.message_id.as_bytes(), id.as_str())?;
-        save(vt, &v)?;
-    } else if changed {
-        save(vt, &v)?;
-    }
-    let failure = (changed && update.event.status == DeliveryStatus::Failed).then(|| Failure {
-        verification: v.id.clone(),
-        number_key: v.number_key.clone(),
-        channel: v.sends[index].channel,
-        code: update.event.error.as_ref().and_then(|e| e.code),
-    });
-    Ok(Some((changed, failure)))
-}
-
-fn park<S>(
-    pt: &TransactionalTree,
-    ptt: &TransactionalTree,
-    update: &StatusUpdate,
-    now: UnixTime,
-) -> TxResult<(), S> {
-    let key = update.message_id.as_bytes();
-    let mut parked: Parked = match pt.get(key)? {
-        Some(bytes) => decode(&bytes).map_err(fail)?,
-        None => {
-            ptt.insert(time_key(now, key), Vec::<u8>::new())?;
-            Parked { first_seen: now, events: Vec::new() }
-        }
-    };
-    let entry = (update.channel, update.event.clone());
-    if !parked.events.contains(&entry) {
-        parked.events.push(entry);
-        pt.insert(key, encode(&parked).map_err(fail)?)?;
-    }
     Ok(())
 }
 

@@ -1,0 +1,128 @@
+//! Applying a webhook body's statuses key by key, without a sled
+//! transaction.
+//!
+//! In sled 0.34 every transaction, even one that only reads, holds a lock
+//! that stops every other operation on the store while it runs, and
+//! writes out sled's current I/O buffer (and syncs its range) before it
+//! commits. Under webhook load that cost more than everything else a
+//! webhook does. A status needs none of it:
+//! - its verification is read, changed and written back with a
+//!   compare-and-swap, retried if another write came in between;
+//! - a message's index entry is set once, and always to the same
+//!   verification;
+//! - a status for an unknown message is added to the message's parked set
+//!   with a compare-and-swap, and then the index is read again. Recording
+//!   a send (`SledStore::record_send`) is a transaction, so it runs entirely
+//!   before or entirely after each of these steps: either it finds the
+//!   parked status and applies it, or the second read finds the index
+//!   entry it wrote and the status is applied directly. Both may happen;
+//!   a status applied twice changes nothing more.
+//!
+//! A body is no longer applied all or nothing: a crash in the middle can
+//! leave some of its statuses applied and others not. Each status is a
+//! fact of its own and applying it again changes nothing, and the body was
+//! not answered, so Meta sends it again; once answered, it is in the
+//! write-ahead log and is replayed whole.
+
+use super::{decode, encode, time_key, Failure, Parked, StatusTrees, StatusUpdate, StoreError};
+use super::{Tally, Verification};
+use crate::clock::UnixTime;
+use crate::domain::{DeliveryStatus, VerificationId};
+
+/// `Some((changed, failure))` when the status belongs to a verification,
+/// `None` when no verification claims its message.
+type Applied = Option<(bool, Option<Failure>)>;
+
+impl StatusTrees {
+    /// Applies the statuses of one body, each on its own.
+    pub(super) fn apply_each(
+        &self,
+        updates: &[StatusUpdate],
+        now: UnixTime,
+    ) -> Result<Tally, StoreError> {
+        let mut tally = Tally::default();
+        for update in updates {
+            let mut applied = self.apply_to_verification(update)?;
+            if applied.is_none() && self.park(update, now)? {
+                // The send may have been recorded between the lookup and
+                // the parking: then it is known now.
+                applied = self.apply_to_verification(update)?;
+            }
+            match applied {
+                Some((true, failure)) => {
+                    tally.applied += 1;
+                    tally.failures.extend(failure);
+                }
+                Some((false, _)) => tally.unchanged += 1,
+                None => tally.parked += 1,
+            }
+        }
+        Ok(tally)
+    }
+
+    fn apply_to_verification(&self, update: &StatusUpdate) -> Result<Applied, StoreError> {
+        let message_id = update.message_id.as_str();
+        loop {
+            let indexed = self
+                .messages
+                .get(message_id.as_bytes())?
+                .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
+            let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else {
+                return Ok(None);
+            };
+            let Some(old) = self.verifications.get(id.as_str())? else { return Ok(None) };
+            let mut v: Verification = decode(&old)?;
+            let known = v.sends.iter().any(|a| {
+                a.channel == update.channel && a.delivery.message_id.as_deref() == Some(message_id)
+            });
+            let claim = indexed.is_none();
+            let Some(index) = v.send_for_message(message_id, update.channel, claim) else {
+                return Ok(None);
+            };
+            let changed = v.sends[index].delivery.apply(&update.event);
+            if changed || !known {
+                let new = encode(&v)?;
+                if self.verifications.compare_and_swap(id.as_str(), Some(old), Some(new))?.is_err()
+                {
+                    continue;
+                }
+            }
+            if claim {
+                self.messages.insert(message_id.as_bytes(), id.as_str())?;
+            }
+            let failed = changed && update.event.status == DeliveryStatus::Failed;
+            let failure = failed.then(|| Failure {
+                verification: v.id.clone(),
+                number_key: v.number_key.clone(),
+                channel: v.sends[index].channel,
+                code: update.event.error.as_ref().and_then(|e| e.code),
+            });
+            return Ok(Some((changed, failure)));
+        }
+    }
+
+    /// Keeps a status for a message no verification claims (yet). Returns
+    /// whether it was new.
+    fn park(&self, update: &StatusUpdate, now: UnixTime) -> Result<bool, StoreError> {
+        let key = update.message_id.as_bytes();
+        let entry = (update.channel, update.event.clone());
+        loop {
+            let old = self.parked.get(key)?;
+            let mut parked: Parked = match &old {
+                Some(bytes) => decode(bytes)?,
+                None => Parked { first_seen: now, events: Vec::new() },
+            };
+            if parked.events.contains(&entry) {
+                return Ok(false);
+            }
+            if old.is_none() {
+                self.parked_by_time.insert(time_key(now, key), Vec::<u8>::new())?;
+            }
+            parked.events.push(entry.clone());
+            let new = encode(&parked)?;
+            if self.parked.compare_and_swap(key, old, Some(new))?.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+}
