@@ -10,7 +10,9 @@ fn temp_store() -> SledStore {
     SledStore::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
 }
 
-fn verification(n: u8) -> Verification {
+/// A pending verification numbered `n`, created at 1,000 s; the log's
+/// tests use it too.
+pub(super) fn verification(n: u8) -> Verification {
     let id = VerificationId::parse(&format!("{n:02x}{}", "0".repeat(30))).unwrap();
     Verification::new(NewVerification {
         id,

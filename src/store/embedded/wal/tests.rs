@@ -4,10 +4,8 @@ use std::sync::Mutex;
 use futures_util::future::join_all;
 
 use super::*;
-use crate::domain::{
-    ChannelChoice, CheckOutcome, CodeTag, DeliveryStatus, NewVerification, Purpose, SendOutcome,
-    StatusEvent,
-};
+use crate::domain::{CheckOutcome, DeliveryStatus, SendOutcome, StatusEvent};
+use crate::store::embedded::tests::verification;
 use crate::store::ResendRules;
 
 fn payload(n: u32) -> Vec<u8> {
@@ -139,24 +137,6 @@ async fn a_record_is_on_disk_before_it_is_answered() {
     });
     join_all(answers).await;
     assert_eq!(disk.after_power_loss().len(), 300);
-}
-
-fn verification(n: u8) -> Verification {
-    let id = VerificationId::parse(&format!("{n:02x}{}", "0".repeat(30))).unwrap();
-    Verification::new(NewVerification {
-        id,
-        to_masked: "+1555*****234".into(),
-        number_key: format!("number-{n}"),
-        code_tags: vec![CodeTag { channel: Channel::Whatsapp, tag: vec![0; 32] }],
-        secret: vec![1],
-        choice: ChannelChoice::Whatsapp,
-        purpose: Purpose::Login,
-        first_channel: Channel::Whatsapp,
-        now: 1_000,
-        ttl_seconds: 600,
-        max_attempts: 5,
-        fallback_after: None,
-    })
 }
 
 /// What `commit_check` would log for `v`.
