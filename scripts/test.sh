@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every test, on both stores: starts a throw-away redis-server on a free
-# 127.0.0.1 port, runs `cargo test` (unit tests, and the integration suite
-# on sled, plus the tests of several instances on one Redis), then runs the
-# integration suite again with Redis as the store. Arguments go to both
-# `cargo test` runs, e.g. a test name to run only the tests that match.
+# Every test, on every store: starts a throw-away redis-server and a
+# three-node Redis Cluster on free 127.0.0.1 ports, runs `cargo test` (unit
+# tests, and the integration suite on sled, plus the tests of several
+# instances on one Redis), then runs the integration suite again with Redis
+# as the store, and once more on the cluster. Arguments go to every
+# `cargo test` run, e.g. a test name to run only the tests that match.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +25,12 @@ fi
 
 dir=$(mktemp -d)
 pid=
+cluster_pids=()
 cleanup() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
+  for p in $pid "${cluster_pids[@]}"; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
@@ -55,7 +57,55 @@ done
 echo "test: redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 127.0.0.1:$port"
 export WAVERIFY_TEST_REDIS="redis://127.0.0.1:$port"
 
+# The cluster: three primaries, no replicas. Each node also listens on its
+# port + 10000 for the cluster bus, so both must be free.
+cluster_ports=$(python3 - <<'PY'
+import socket
+ports = []
+while len(ports) < 3:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if p + 10000 > 65535 or p in ports:
+        continue
+    try:
+        b = socket.socket(); b.bind(("127.0.0.1", p + 10000)); b.close()
+    except OSError:
+        continue
+    ports.append(p)
+print(" ".join(map(str, ports)))
+PY
+)
+nodes=()
+for p in $cluster_ports; do
+  mkdir -p "$dir/cluster-$p"
+  redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes \
+    --cluster-config-file "$dir/cluster-$p/nodes.conf" --save '' --appendonly yes \
+    --appendfsync always --dir "$dir/cluster-$p" --logfile "$dir/cluster-$p/redis.log" &
+  cluster_pids+=($!)
+  nodes+=("127.0.0.1:$p")
+done
+for p in $cluster_ports; do
+  for _ in $(seq 100); do
+    redis-cli -p "$p" ping >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+done
+redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/cluster-create.log" 2>&1 ||
+  die "the Redis Cluster was not created: $(cat "$dir/cluster-create.log")"
+for _ in $(seq 200); do
+  if redis-cli -p "${nodes[0]##*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+    break
+  fi
+  sleep 0.05
+done
+redis-cli -p "${nodes[0]##*:}" cluster info | grep -q 'cluster_state:ok' ||
+  die "the Redis Cluster does not become ready"
+WAVERIFY_TEST_REDIS_CLUSTER="$(printf 'redis://%s,' "${nodes[@]}")"
+export WAVERIFY_TEST_REDIS_CLUSTER="${WAVERIFY_TEST_REDIS_CLUSTER%,}"
+echo "test: a Redis Cluster of three nodes on ${nodes[*]}"
+
 echo "test: == unit tests, and the integration suite on sled"
 cargo test --locked "$@"
 echo "test: == the integration suite on Redis"
 WAVERIFY_TEST_STORE=redis cargo test --locked --test api "$@"
+echo "test: == the integration suite on a Redis Cluster"
+WAVERIFY_TEST_STORE=redis-cluster cargo test --locked --test api "$@"

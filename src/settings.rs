@@ -199,7 +199,11 @@ pub const DEFAULT_GRAPH_VERSION: &str = "v23.0";
 pub const VARIABLES: &[(&str, &str)] = &[
     ("WAVERIFY_BIND", "address to listen on (default 127.0.0.1:8080; flag --bind)"),
     ("WAVERIFY_DATA_DIR", "directory of the embedded store (default ./data; flag --data-dir)"),
-    ("WAVERIFY_STORE", "sled (default) or redis://host:port/db or rediss://...: a shared store"),
+    (
+        "WAVERIFY_STORE",
+        "sled (default), redis://host:port/db or rediss://..., or several such URLs separated \
+         by commas (a Redis Cluster): a shared store",
+    ),
     ("WAVERIFY_STORE_PREFIX", "first part of every Redis key (default waverify)"),
     ("WAVERIFY_API_KEY", "bearer key login backends use on /v1 (at least 24 characters)"),
     ("WAVERIFY_CODE_KEY", "key of the HMAC under which codes are stored (at least 32 characters)"),
@@ -702,13 +706,19 @@ fn store_settings(url: Option<&str>, prefix: Option<&str>) -> Result<StoreSettin
         None | Some("") | Some("sled") => Ok(StoreSettings::Sled),
         Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
             // Parsed the way the client will (a host is needed, the
-            // database a number), without echoing a password.
-            redis::Client::open(url).map_err(|_| {
-                invalid(
-                    "WAVERIFY_STORE",
-                    "is not a valid redis://host:port/db or rediss://host:port/db URL".to_owned(),
-                )
-            })?;
+            // database a number), without echoing a password. Several URLs,
+            // separated by commas, are nodes of one Redis Cluster.
+            for node in url.split(',').map(str::trim) {
+                let scheme_ok = node.starts_with("redis://") || node.starts_with("rediss://");
+                if !scheme_ok || redis::Client::open(node).is_err() {
+                    return Err(invalid(
+                        "WAVERIFY_STORE",
+                        "is not a valid redis://host:port/db or rediss://host:port/db URL, \
+                         or a comma-separated list of them (the nodes of a cluster)"
+                            .to_owned(),
+                    ));
+                }
+            }
             Ok(StoreSettings::Redis { url: Secret::new(url.to_owned()), prefix })
         }
         Some(_) => Err(invalid(

@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::Script;
 use std::sync::RwLock;
 
@@ -232,25 +234,94 @@ impl Scripts {
     }
 }
 
+/// What to connect to: one server, or a Redis Cluster through some of its
+/// nodes.
+#[derive(Clone)]
+enum Target {
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+impl Target {
+    /// One `redis://` or `rediss://` URL, or several separated by commas:
+    /// nodes of a cluster.
+    fn parse(url: &str) -> Result<Self, StoreError> {
+        if url.contains(',') {
+            let nodes: Vec<&str> =
+                url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT)
+                .build()?;
+            Ok(Self::Cluster(Box::new(client)))
+        } else {
+            Ok(Self::Single(Box::new(redis::Client::open(url)?)))
+        }
+    }
+}
+
+/// A connection to either kind of target.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
 /// Connects, and makes sure the server takes commands: a missing or
 /// wrong password fails here, at start-up, rather than on every request.
-async fn manager(client: &redis::Client) -> Result<ConnectionManager, StoreError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(TIMEOUT))
-        .set_response_timeout(Some(TIMEOUT))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_secs(2));
-    let mut made = ConnectionManager::new_with_config(client.clone(), config).await?;
-    redis::cmd("PING").query_async::<String>(&mut made).await?;
-    Ok(made)
+async fn manager(target: &Target) -> Result<Link, StoreError> {
+    let mut link = match target {
+        Target::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(TIMEOUT))
+                .set_response_timeout(Some(TIMEOUT))
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_secs(2));
+            Link::Single(ConnectionManager::new_with_config((**client).clone(), config).await?)
+        }
+        Target::Cluster(client) => Link::Cluster(client.get_async_connection().await?),
+    };
+    redis::cmd("PING").query_async::<String>(&mut link).await?;
+    Ok(link)
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Builds a new connection whenever a command failed in a way the
 /// connection manager does not recover from by itself (a login refused
 /// while a password was being rotated, for one), at most once a second.
 async fn rebuild_when_asked(
-    client: redis::Client,
-    current: Arc<RwLock<ConnectionManager>>,
+    client: Target,
+    current: Arc<RwLock<Link>>,
     mut asked: mpsc::UnboundedReceiver<()>,
 ) {
     while asked.recv().await.is_some() {
@@ -271,12 +342,12 @@ async fn rebuild_when_asked(
 /// manager, replaced when a failure calls for a new one.
 #[derive(Clone)]
 struct Conn {
-    current: Arc<RwLock<ConnectionManager>>,
+    current: Arc<RwLock<Link>>,
     rebuild: mpsc::UnboundedSender<()>,
 }
 
 impl Conn {
-    fn manager(&self) -> ConnectionManager {
+    fn manager(&self) -> Link {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -370,7 +441,7 @@ impl RedisStore {
         parked_ttl: i64,
         lease: i64,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+        let client = Target::parse(url)?;
         let (made_tx, made_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let (rebuild_tx, rebuild_rx) = mpsc::unbounded_channel::<()>();
@@ -937,26 +1008,23 @@ impl RedisStore {
         updates: &[StatusUpdate],
         entries: &[Vec<u8>],
     ) -> Result<Vec<Option<String>>, StoreError> {
-        let script = &self.scripts.lookup_or_park;
-        let mut pipe = redis::pipe();
-        for (update, entry) in updates.iter().zip(entries) {
-            pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
-                .arg(2)
-                .arg(self.keys.message(&update.message_id))
-                .arg(self.keys.parked(&update.message_id))
-                .arg(entry.as_slice())
-                .arg(self.parked_ttl);
-        }
-        match pipe.query_async(&mut self.conn()).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Not cached on the server (yet, or since a restart): load
-                // it and run the lookups again, which changes nothing twice.
-                script.prepare_invoke().load_async(&mut self.conn()).await?;
-                Ok(pipe.query_async(&mut self.conn()).await?)
+        // Sent together, not as one pipeline: each touches its own slot,
+        // and the connection writes concurrent commands out together anyway.
+        let lookups = updates.iter().zip(entries).map(|(update, entry)| {
+            let mut conn = self.conn();
+            async move {
+                self.scripts
+                    .lookup_or_park
+                    .key(self.keys.message(&update.message_id))
+                    .key(self.keys.parked(&update.message_id))
+                    .arg(entry.as_slice())
+                    .arg(self.parked_ttl)
+                    .invoke_async::<Option<String>>(&mut conn)
+                    .await
             }
-            other => Ok(other?),
-        }
+        });
+        let found = futures_util::future::join_all(lookups).await;
+        Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?)
     }
 
     async fn park(&self, update: &StatusUpdate, entry: &[u8]) -> Result<(), StoreError> {

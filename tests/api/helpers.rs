@@ -60,7 +60,24 @@ impl Reply {
 /// `WAVERIFY_TEST_STORE=redis`, then the Redis at `WAVERIFY_TEST_REDIS`
 /// (`scripts/test.sh` starts one and runs the suite on both).
 pub fn on_redis() -> bool {
-    std::env::var("WAVERIFY_TEST_STORE").is_ok_and(|s| s == "redis")
+    std::env::var("WAVERIFY_TEST_STORE").is_ok_and(|s| s == "redis" || s == "redis-cluster")
+}
+
+/// Whether the suite runs on the Redis Cluster at
+/// `WAVERIFY_TEST_REDIS_CLUSTER` (`WAVERIFY_TEST_STORE=redis-cluster`).
+pub fn on_cluster() -> bool {
+    std::env::var("WAVERIFY_TEST_STORE").is_ok_and(|s| s == "redis-cluster")
+}
+
+/// The store URL of the suite's Redis: one server, or the cluster's nodes
+/// separated by commas.
+fn suite_redis_url() -> String {
+    if on_cluster() {
+        return std::env::var("WAVERIFY_TEST_REDIS_CLUSTER").unwrap_or_else(|_| {
+            panic!("WAVERIFY_TEST_REDIS_CLUSTER is not set: run scripts/test.sh, which starts one")
+        });
+    }
+    redis_url()
 }
 
 /// The Redis the tests use, from `WAVERIFY_TEST_REDIS`.
@@ -86,9 +103,15 @@ pub fn redis_prefix(data_dir: &std::path::Path) -> String {
     format!("test-{hash:016x}")
 }
 
-/// Every key under `prefix` with its value, read type by type.
+/// Every key under `prefix` with its value, read type by type, from every
+/// node of the suite's Redis.
 pub fn redis_contents(prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut conn = redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
+    let nodes = suite_redis_url();
+    nodes.split(',').flat_map(|node| node_contents(node, prefix)).collect()
+}
+
+fn node_contents(node: &str, prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut conn = redis::Client::open(node).unwrap().get_connection().unwrap();
     let keys: Vec<Vec<u8>> =
         redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
     keys.into_iter()
@@ -118,7 +141,7 @@ pub fn base_vars(data_dir: &std::path::Path) -> HashMap<String, String> {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     if on_redis() {
-        vars.insert("WAVERIFY_STORE".into(), redis_url());
+        vars.insert("WAVERIFY_STORE".into(), suite_redis_url());
         vars.insert("WAVERIFY_STORE_PREFIX".into(), redis_prefix(data_dir));
     }
     vars
