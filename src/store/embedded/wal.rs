@@ -132,12 +132,41 @@ impl Wal {
         let segments = segments(dir)?;
         let mut records = 0;
         for &number in &segments {
-            let bytes = fs::read(segment_path(dir, number))?;
-            let (payloads, _) = read_records(&bytes, number);
+            let path = segment_path(dir, number);
+            let bytes = fs::read(&path)?;
+            let (payloads, clean) = read_records(&bytes, number);
             records += payloads.len();
-            store.replay(&payloads)?;
+            store.replay(&payloads).map_err(|e| {
+                StoreError::Log(io::Error::other(format!(
+                    "{}: a record passes its checksum but cannot be read ({e}); move the file \
+                     aside to start without it",
+                    path.display()
+                )))
+            })?;
+            if !clean {
+                // A crash tears the last write, which was never answered;
+                // anything else is damage. Either way the file is kept,
+                // under another name, for whoever wants to look.
+                let kept = dir.join(format!("{number:020}.log.unreadable"));
+                tracing::warn!(
+                    segment = %path.display(),
+                    records = payloads.len(),
+                    kept = %kept.display(),
+                    "write-ahead log segment ends in a torn or damaged record: what precedes it \
+                     was replayed, what follows it was not"
+                );
+                fs::copy(&path, &kept)?;
+            }
         }
-        let next = segments.last().map_or(1, |last| last + 1);
+        let next = match segments.last() {
+            None => 1,
+            Some(&last) => last.checked_add(1).ok_or_else(|| {
+                StoreError::Log(io::Error::other(format!(
+                    "{}: no segment can follow this one; move it aside",
+                    segment_path(dir, last).display()
+                )))
+            })?,
+        };
         if !segments.is_empty() {
             store.db.flush()?;
             tracing::info!(segments = segments.len(), records, "write-ahead log replayed");
