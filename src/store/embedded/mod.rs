@@ -1,5 +1,5 @@
-//! State behind one small type with domain methods. Nothing outside this
-//! module knows that sled is underneath.
+//! The embedded store: sled, in the data directory, for one process on one
+//! machine. Only the store's facade (`store/mod.rs`) calls it.
 //!
 //! Writes are not durable when a method returns: call [`SledStore::commit`]
 //! before acknowledging anything, so that a crash after the answer loses
