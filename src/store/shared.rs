@@ -590,27 +590,14 @@ impl RedisStore {
         // key then finds the record (and this verification) rather than a
         // number that is merely taken.
         let mut taken = None;
-        if let Some((key, fingerprint)) = idempotency {
-            let record =
-                IdempotencyRecord { fingerprint: fingerprint.into(), verification: v.id.clone() };
-            let bytes = encode(&record)?;
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.keys.idempotency(key))
-                .arg(bytes.as_slice())
-                .arg("NX")
-                .arg("EX")
-                .arg(ttl(purge_at, now))
-                .query_async(&mut self.conn())
-                .await?;
-            if set.is_none() {
-                self.discard(&v.id).await?;
-                return match self.idempotency(key).await? {
-                    Some(record) => Ok(Err(NotCreated::KeyTaken(record))),
-                    // Taken, then expired meanwhile: the caller may retry.
-                    None => Err(StoreError::Unavailable),
-                };
+        if let Some(key) = idempotency {
+            match self.take_key(key, &v.id, ttl(purge_at, now)).await? {
+                Ok(mine) => taken = Some(mine),
+                Err(record) => {
+                    self.discard(&v.id).await?;
+                    return Ok(Err(NotCreated::KeyTaken(record)));
+                }
             }
-            taken = Some((self.keys.idempotency(key), bytes));
         }
 
         let number = self.keys.active(&Verification::active_key(&v.number_key, v.purpose));
@@ -687,25 +674,11 @@ impl RedisStore {
                 self.give_back(taken.as_ref()).await?;
                 return Ok(Err(NoResend::NotPending(VerificationStatus::Expired)));
             };
-            if let (Some((key, fingerprint)), None) = (idempotency, &taken) {
-                let record =
-                    IdempotencyRecord { fingerprint: fingerprint.into(), verification: id.clone() };
-                let bytes = encode(&record)?;
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(self.keys.idempotency(key))
-                    .arg(bytes.as_slice())
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(loaded.ttl)
-                    .query_async(&mut self.conn())
-                    .await?;
-                if set.is_none() {
-                    return match self.idempotency(key).await? {
-                        Some(record) => Ok(Err(NoResend::KeyTaken(record))),
-                        None => Err(StoreError::Unavailable),
-                    };
+            if let (Some(key), None) = (idempotency, &taken) {
+                match self.take_key(key, id, loaded.ttl).await? {
+                    Ok(mine) => taken = Some(mine),
+                    Err(record) => return Ok(Err(NoResend::KeyTaken(record))),
                 }
-                taken = Some((self.keys.idempotency(key), bytes));
             }
             let mut v = loaded.v.clone();
             if let Some(refusal) = resend_refusal(&v, now, rules) {
@@ -730,6 +703,39 @@ impl RedisStore {
         }
     }
 
+    /// Takes an idempotency key for `verification` with `SET NX`: the key
+    /// and what was written, for [`RedisStore::give_back`]; or the record of
+    /// the request that holds it.
+    async fn take_key(
+        &self,
+        (key, fingerprint): (&str, &str),
+        verification: &VerificationId,
+        ttl: i64,
+    ) -> Result<Result<(String, Vec<u8>), IdempotencyRecord>, StoreError> {
+        let record = IdempotencyRecord {
+            fingerprint: fingerprint.into(),
+            verification: verification.clone(),
+        };
+        let bytes = encode(&record)?;
+        let name = self.keys.idempotency(key);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&name)
+            .arg(bytes.as_slice())
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut self.conn())
+            .await?;
+        if set.is_some() {
+            return Ok(Ok((name, bytes)));
+        }
+        match self.idempotency(key).await? {
+            Some(record) => Ok(Err(record)),
+            // Taken, then expired meanwhile: the caller may retry.
+            None => Err(StoreError::Unavailable),
+        }
+    }
+
     /// Deletes an idempotency key this request took, if it still holds
     /// what the request wrote.
     async fn give_back(&self, taken: Option<&(String, Vec<u8>)>) -> Result<(), StoreError> {
@@ -749,34 +755,38 @@ impl RedisStore {
         id: &VerificationId,
         mut change: impl FnMut(&mut Verification) -> T,
     ) -> Result<Option<(T, Verification)>, StoreError> {
-        loop {
-            let Some(loaded) = self.load(id).await? else { return Ok(None) };
-            let mut v = loaded.v.clone();
-            let result = change(&mut v);
-            if v == loaded.v {
-                return Ok(Some((result, v)));
-            }
-            if self.swap(&loaded, &v).await? {
-                if v.status != VerificationStatus::Pending {
-                    self.release(&v).await?;
-                }
-                return Ok(Some((result, v)));
-            }
-        }
+        self.change(id, None, |v, _| change(v)).await
     }
 
     pub async fn update_with_count<T>(
         &self,
         id: &VerificationId,
-        (counter, limit): (Counter, Limit),
+        count: (Counter, Limit),
         now: UnixTime,
+        change: impl FnMut(&mut Verification, u64) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        self.change(id, Some((count, now)), change).await
+    }
+
+    /// The compare-and-swap loop behind both: `change` gets the
+    /// verification and, when asked, the current count of a counter for
+    /// its number (else 0), read afresh on every try.
+    async fn change<T>(
+        &self,
+        id: &VerificationId,
+        count: Option<((Counter, Limit), UnixTime)>,
         mut change: impl FnMut(&mut Verification, u64) -> T,
     ) -> Result<Option<(T, Verification)>, StoreError> {
         loop {
             let Some(loaded) = self.load(id).await? else { return Ok(None) };
-            let count = self.counted(counter, &loaded.v.number_key, limit, now).await?;
+            let counted = match count {
+                Some(((counter, limit), now)) => {
+                    self.counted(counter, &loaded.v.number_key, limit, now).await?
+                }
+                None => 0,
+            };
             let mut v = loaded.v.clone();
-            let result = change(&mut v, count);
+            let result = change(&mut v, counted);
             if v == loaded.v {
                 return Ok(Some((result, v)));
             }
