@@ -306,7 +306,7 @@ impl Store {
     ) -> Result<Option<(T, Verification)>, StoreError> {
         match &self.backend {
             Backend::Sled(s) => {
-                let updated = s.update(id, |v| {
+                let updated = s.update_logged(id, |v| {
                     let count = s.counted(counter, &v.number_key, limit, now)?;
                     Ok::<T, StoreError>(change(v, count))
                 })?;
@@ -418,20 +418,6 @@ impl Store {
                 Some((counter, limit)) => r.add(counter, &v.number_key, limit, now).await,
                 None => Ok(()),
             },
-        }
-    }
-
-    /// Counts one event, whatever the count already is.
-    pub async fn add(
-        &self,
-        counter: Counter,
-        subject: &str,
-        limit: Limit,
-        now: UnixTime,
-    ) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sled(s) => s.add(counter, subject, limit, now),
-            Backend::Redis(r) => r.add(counter, subject, limit, now).await,
         }
     }
 

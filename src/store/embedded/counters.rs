@@ -1,8 +1,17 @@
 //! Counters for limits, one per window: the key starts with the window's
 //! end, so the sweeper drops ended windows with one range scan.
+//!
+//! Sends are counted in sled, in the transaction that makes the send. A
+//! number's wrong codes are counted in memory ([`Logged`]) and made
+//! durable by the write-ahead log, in the record of the check that counted
+//! them; they reach sled at the log's checkpoints, before the records that
+//! carry them are deleted.
+
+use std::sync::Arc;
 
 use sled::transaction::TransactionalTree;
 
+use super::cache::{insert, Shards};
 use super::{finish, stop, time_key, SledStore, TxResult};
 use crate::clock::UnixTime;
 use crate::domain::Limit;
@@ -47,6 +56,131 @@ pub(super) fn count_in<S>(
     Ok(refused)
 }
 
+/// Whether a counter is kept by [`Logged`] rather than in sled.
+pub(super) fn logged(counter: Counter) -> bool {
+    matches!(counter, Counter::NumberFailedChecksPerHour)
+}
+
+/// At most this many logged counters are kept in memory; past that, one
+/// is written to sled and dropped for each new one.
+const LOGGED: usize = 64 * 1024;
+
+/// A count, and whether sled has it yet.
+#[derive(Clone, Copy)]
+struct Count {
+    count: u64,
+    unsaved: bool,
+}
+
+/// The logged counters, in memory in front of the `counters` tree. Every
+/// read and write of one holds its shard's lock, and a count missing from
+/// memory is read from sled under that lock, so memory is never behind
+/// sled.
+#[derive(Clone)]
+pub(super) struct Logged {
+    tree: sled::Tree,
+    cache: Arc<Shards<Count>>,
+}
+
+impl Logged {
+    pub(super) fn new(tree: sled::Tree) -> Self {
+        Self { tree, cache: Arc::new(Shards::new(LOGGED)) }
+    }
+
+    fn with<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&mut Count) -> T,
+    ) -> Result<T, StoreError> {
+        let mut shard = self.cache.lock(key);
+        if let Some(count) = shard.get_mut(key) {
+            return Ok(f(count));
+        }
+        let mut count = Count { count: read(self.tree.get(key)?), unsaved: false };
+        let result = f(&mut count);
+        if let Some((victim, dropped)) = insert(&mut shard, self.cache.per_shard(), key, count) {
+            if dropped.unsaved {
+                if let Err(e) = self.raise(&victim, dropped.count) {
+                    // Kept, so that it is not lost: the shard runs over
+                    // its size until sled takes writes again.
+                    shard.insert(victim, dropped);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    pub(super) fn counted(&self, key: &[u8]) -> Result<u64, StoreError> {
+        self.with(key, |c| c.count)
+    }
+
+    /// Counts one more; returns the new count.
+    pub(super) fn add(&self, key: &[u8]) -> Result<u64, StoreError> {
+        self.with(key, |c| {
+            c.count += 1;
+            c.unsaved = true;
+            c.count
+        })
+    }
+
+    /// Raises a count in sled to at least `count`. A count only grows in
+    /// its window, so writes that cross never take it back.
+    fn raise(&self, key: &[u8], count: u64) -> Result<u64, sled::Error> {
+        let saved = self.tree.update_and_fetch(key, |old| {
+            Some(read(old.map(sled::IVec::from)).max(count).to_be_bytes().to_vec())
+        })?;
+        Ok(read(saved))
+    }
+
+    /// Raises a count, in sled and in memory, to at least what a logged
+    /// record left.
+    pub(super) fn merge(&self, key: &[u8], count: u64) -> Result<(), StoreError> {
+        let mut shard = self.cache.lock(key);
+        let saved = self.raise(key, count)?;
+        if let Some(c) = shard.get_mut(key) {
+            c.count = c.count.max(saved);
+        }
+        Ok(())
+    }
+
+    /// Writes every count that sled does not have yet to sled (unflushed).
+    /// A shard is locked only to copy its counts and then to mark them
+    /// saved, not while sled writes them.
+    pub(super) fn save(&self) -> Result<(), sled::Error> {
+        let mut result = Ok(());
+        self.cache.each_unlocked(|shard| {
+            if result.is_err() {
+                return;
+            }
+            let unsaved: Vec<(Box<[u8]>, u64)> = {
+                let shard = shard();
+                shard.iter().filter(|(_, c)| c.unsaved).map(|(k, c)| (k.clone(), c.count)).collect()
+            };
+            for (key, count) in &unsaved {
+                if let Err(e) = self.raise(key, *count) {
+                    result = Err(e);
+                    return;
+                }
+            }
+            let mut shard = shard();
+            for (key, count) in unsaved {
+                // A count that moved on meanwhile stays for the next save.
+                if let Some(c) = shard.get_mut(&key).filter(|c| c.count == count) {
+                    c.unsaved = false;
+                }
+            }
+        });
+        result
+    }
+
+    /// Drops the counts of windows that ended at or before `now`.
+    fn purge(&self, now: UnixTime) {
+        let end = time_key(now + 1, b"");
+        self.cache.each(|shard| shard.retain(|key, _| key[..] >= end[..]));
+    }
+}
+
 impl SledStore {
     /// Counts one event against every `(counter, subject, limit)`, all or
     /// nothing: if any is already at its maximum, nothing is counted and
@@ -70,24 +204,15 @@ impl SledStore {
         limit: Limit,
         now: UnixTime,
     ) -> Result<u64, StoreError> {
-        Ok(read(self.counters.get(key(counter, subject, limit, now))?))
-    }
-
-    /// Counts one event, whatever the count already is.
-    pub fn add(
-        &self,
-        counter: Counter,
-        subject: &str,
-        limit: Limit,
-        now: UnixTime,
-    ) -> Result<(), StoreError> {
-        self.counters.update_and_fetch(key(counter, subject, limit, now), |old| {
-            Some((read(old.map(sled::IVec::from)) + 1).to_be_bytes().to_vec())
-        })?;
-        Ok(())
+        let key = key(counter, subject, limit, now);
+        if logged(counter) {
+            return self.logged.counted(&key);
+        }
+        Ok(read(self.counters.get(key)?))
     }
 
     pub(super) fn purge_counters(&self, now: UnixTime) -> Result<usize, StoreError> {
+        self.logged.purge(now);
         let mut removed = 0;
         for item in self.counters.range(..time_key(now + 1, b"")) {
             let (key, _) = item?;

@@ -48,7 +48,8 @@ impl SledStore {
         now: UnixTime,
         whatsapp_off: bool,
     ) -> Result<Option<(Verification, usize)>, StoreError> {
-        let trees = (&self.verifications, &self.outbox);
+        let mut locked = self.verifications.lock(id);
+        let trees = (locked.tree_for_write()?, &self.outbox);
         let result = finish(trees.transaction(|(vt, ot)| {
             let Some(mut v) = load(vt, id)? else { return Ok(None) };
             let Some(index) = v.fall_back(now, whatsapp_off) else { return Ok(None) };

@@ -26,6 +26,7 @@
 //!   to SMS
 //! - `state`: `whatsapp_off_until` -> until when WhatsApp is switched off
 
+mod cache;
 mod commit;
 mod counters;
 mod fallback;
@@ -47,6 +48,7 @@ use crate::domain::{
     Channel, Limit, SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus,
 };
 
+use cache::{Messages, Verifications};
 use commit::GroupCommit;
 
 pub use purge::{Purged, Sweeper};
@@ -98,12 +100,14 @@ struct Parked {
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    verifications: sled::Tree,
-    messages: sled::Tree,
+    verifications: Verifications,
+    messages: Messages,
     active: sled::Tree,
     idempotency: sled::Tree,
     outbox: sled::Tree,
     counters: sled::Tree,
+    /// Counts of wrong codes, in front of `counters` (see `counters.rs`).
+    logged: counters::Logged,
     parked: sled::Tree,
     parked_by_time: sled::Tree,
     wipe_at: sled::Tree,
@@ -155,8 +159,8 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        let verifications = db.open_tree("verifications")?;
-        let messages = db.open_tree("messages")?;
+        let verifications = Verifications::new(db.open_tree("verifications")?);
+        let messages = Messages::new(db.open_tree("messages")?);
         let parked = db.open_tree("parked")?;
         let parked_by_time = db.open_tree("parked_by_time")?;
         let trees = StatusTrees {
@@ -164,15 +168,18 @@ impl SledStore {
             messages: messages.clone(),
             parked: parked.clone(),
             parked_by_time: parked_by_time.clone(),
+            logged: false,
         };
         let commit = GroupCommit::start(db.clone(), trees);
+        let counters = db.open_tree("counters")?;
         Ok(Self {
             verifications,
             messages,
             active: db.open_tree("active")?,
             idempotency: db.open_tree("idempotency")?,
             outbox: db.open_tree("outbox")?,
-            counters: db.open_tree("counters")?,
+            counters: counters.clone(),
+            logged: counters::Logged::new(counters),
             parked,
             parked_by_time,
             wipe_at: db.open_tree("wipe_at")?,
@@ -197,10 +204,7 @@ impl SledStore {
     }
 
     pub fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
-        match self.verifications.get(id.as_str())? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
+        Ok(self.verifications.get(id)?.map(|v| Verification::clone(&v)))
     }
 
     /// The pending verification of a number, if it has one at `now`.
@@ -237,8 +241,15 @@ impl SledStore {
     ) -> Result<Result<(), NotCreated>, StoreError> {
         let id = v.id.as_str();
         let value = encode(v)?;
+        // A transaction reads sled: it must have what memory has of the
+        // number's pending verification, if there is one.
+        if let Some(raw) = self.active.get(Verification::active_key(&v.number_key, v.purpose))? {
+            if let Some(other) = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse) {
+                self.verifications.save(&other)?;
+            }
+        }
         let trees = (
-            &self.verifications,
+            self.verifications.tree_for_new(),
             &self.active,
             &self.idempotency,
             &self.outbox,
@@ -295,7 +306,8 @@ impl SledStore {
         idempotency: Option<(&str, &str)>,
         hits: &[(Counter, &str, Limit)],
     ) -> Result<Result<(Verification, usize), NoResend>, StoreError> {
-        let trees = (&self.verifications, &self.idempotency, &self.outbox, &self.counters);
+        let mut locked = self.verifications.lock(id);
+        let trees = (locked.tree_for_write()?, &self.idempotency, &self.outbox, &self.counters);
         finish(trees.transaction(|(vt, it, ot, ct)| {
             if let Some((key, _)) = idempotency {
                 if let Some(bytes) = it.get(key)? {
@@ -324,33 +336,54 @@ impl SledStore {
         }))
     }
 
-    /// Applies `change` to a verification atomically: the read and the
-    /// write are one compare-and-swap, retried if another request wrote in
-    /// between, so two concurrent checks can never both use the same try.
-    /// `change` may therefore run more than once and must not have side
-    /// effects. A verification that `change` ends leaves the number free
-    /// for a new one. Returns `None` when no verification has this id.
+    /// Applies `change` to a verification atomically: the verification's
+    /// lock is held from the read to the write (see `cache.rs`), so two
+    /// concurrent checks take turns and can never both use the same try.
+    /// A verification that `change` ends leaves the number free for a new
+    /// one. Returns `None` when no verification has this id.
     pub fn update<T>(
         &self,
         id: &VerificationId,
+        change: impl FnMut(&mut Verification) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        self.update_in(id, false, change)
+    }
+
+    /// The same, for a change that [`SledStore::commit_check`] then makes
+    /// durable through the write-ahead log: it is kept in memory and
+    /// reaches sled later (see `cache.rs`).
+    pub fn update_logged<T>(
+        &self,
+        id: &VerificationId,
+        change: impl FnMut(&mut Verification) -> T,
+    ) -> Result<Option<(T, Verification)>, StoreError> {
+        // A store without a log (in memory) flushes sled instead.
+        self.update_in(id, self.wal.is_some(), change)
+    }
+
+    fn update_in<T>(
+        &self,
+        id: &VerificationId,
+        logged: bool,
         mut change: impl FnMut(&mut Verification) -> T,
     ) -> Result<Option<(T, Verification)>, StoreError> {
-        loop {
-            let Some(old) = self.verifications.get(id.as_str())? else { return Ok(None) };
-            let mut v: Verification = decode(&old)?;
-            let before = v.clone();
-            let result = change(&mut v);
-            if v == before {
-                return Ok(Some((result, v)));
-            }
-            let new = encode(&v)?;
-            if self.verifications.compare_and_swap(id.as_str(), Some(old), Some(new))?.is_ok() {
-                if v.status != VerificationStatus::Pending {
-                    self.release(&v)?;
-                }
-                return Ok(Some((result, v)));
-            }
+        let mut locked = self.verifications.lock(id);
+        let Some(before) = locked.get()? else { return Ok(None) };
+        let mut v = Verification::clone(&before);
+        let result = change(&mut v);
+        if v == *before {
+            return Ok(Some((result, v)));
         }
+        if logged {
+            locked.put_logged(v.clone())?;
+        } else {
+            locked.put(v.clone())?;
+        }
+        drop(locked);
+        if v.status != VerificationStatus::Pending {
+            self.release(&v)?;
+        }
+        Ok(Some((result, v)))
     }
 
     /// Frees the number of a verification that is over.
@@ -398,7 +431,13 @@ impl SledStore {
         outcome: &SendOutcome,
         now: UnixTime,
     ) -> Result<Option<Verification>, StoreError> {
-        let trees = (&self.verifications, &self.messages, &self.parked, &self.outbox);
+        let mut locked = self.verifications.lock(id);
+        let message_id = match outcome {
+            SendOutcome::Accepted { message_id } => Some(message_id.as_str()),
+            _ => None,
+        };
+        let (messages, message_locked) = self.messages.lock_for_write(message_id);
+        let trees = (locked.tree_for_write()?, messages, &self.parked, &self.outbox);
         let result = finish(trees.transaction(|(vt, mt, pt, ot)| {
             ot.remove(outbox_key(id, index))?;
             let Some(mut v) = load(vt, id)? else { return Ok(None) };
@@ -421,6 +460,8 @@ impl SledStore {
             Ok(Some(v))
         }));
         let v = result?.unwrap_or_else(|never: std::convert::Infallible| match never {});
+        drop(message_locked);
+        drop(locked);
         if let Some(v) = &v {
             if v.status != VerificationStatus::Pending {
                 self.release(v)?;
@@ -455,7 +496,7 @@ impl SledStore {
             return Ok(Tally::default());
         }
         match &self.wal {
-            Some(wal) => wal.apply(&self.status_trees(), updates, now).await,
+            Some(wal) => wal.apply(&self.status_trees(true), updates, now).await,
             None => self.commit.apply(updates, now).await,
         }
     }
@@ -466,11 +507,14 @@ impl SledStore {
         updates: &[StatusUpdate],
         now: UnixTime,
     ) -> Result<Tally, StoreError> {
-        self.status_trees().apply_each(updates, now)
+        self.status_trees(false).apply_each(updates, now)
     }
 
-    fn status_trees(&self) -> StatusTrees {
+    /// With `logged`, what statuses change is kept in memory, for the
+    /// write-ahead log's records to make durable (see `cache.rs`).
+    fn status_trees(&self, logged: bool) -> StatusTrees {
         StatusTrees {
+            logged,
             verifications: self.verifications.clone(),
             messages: self.messages.clone(),
             parked: self.parked.clone(),
@@ -482,8 +526,11 @@ impl SledStore {
 /// The trees a webhook writes.
 #[derive(Clone)]
 pub(crate) struct StatusTrees {
-    verifications: sled::Tree,
-    messages: sled::Tree,
+    verifications: Verifications,
+    messages: Messages,
+    /// Changes are kept in memory until a checkpoint, rather than written
+    /// to sled; only for statuses the write-ahead log records.
+    logged: bool,
     parked: sled::Tree,
     parked_by_time: sled::Tree,
 }

@@ -46,10 +46,7 @@ impl SledStore {
         for item in self.purge_at.range(..time_key(now, b"")) {
             let (key, _) = item?;
             if let Some(id) = id_of(&key) {
-                if let Some(bytes) = self.verifications.get(id.as_str())? {
-                    self.forget(&decode(&bytes)?)?;
-                    purged.verifications += 1;
-                }
+                purged.verifications += usize::from(self.forget(&id)?);
             }
             self.purge_at.remove(key)?;
         }
@@ -71,10 +68,13 @@ impl SledStore {
         Ok(purged)
     }
 
-    /// Deletes a verification and everything that points to it.
-    fn forget(&self, v: &Verification) -> Result<(), StoreError> {
+    /// Deletes a verification and everything that points to it; returns
+    /// whether there was one.
+    fn forget(&self, id: &VerificationId) -> Result<bool, StoreError> {
+        let mut locked = self.verifications.lock(id);
+        let Some(v) = locked.get()? else { return Ok(false) };
         for message_id in v.message_ids() {
-            self.messages.remove(message_id.as_bytes())?;
+            self.messages.remove(message_id)?;
         }
         for key in &v.idempotency_keys {
             self.idempotency.remove(key.as_bytes())?;
@@ -87,8 +87,8 @@ impl SledStore {
         for index in 0..v.sends.len() {
             self.outbox.remove(super::outbox_key(&v.id, index))?;
         }
-        self.verifications.remove(v.id.as_str())?;
-        Ok(())
+        locked.remove()?;
+        Ok(true)
     }
 
     /// Purges every `interval` until the returned guard is dropped.

@@ -6,8 +6,8 @@
 //! writes out sled's current I/O buffer (and syncs its range) before it
 //! commits. Under webhook load that cost more than everything else a
 //! webhook does. A status needs none of it:
-//! - its verification is read, changed and written back with a
-//!   compare-and-swap, retried if another write came in between;
+//! - its verification is read, changed and written back under the
+//!   verification's lock (see `cache.rs`), which every write of it holds;
 //! - a message's index entry is set once, and always to the same
 //!   verification;
 //! - a status for an unknown message is added to the message's parked set
@@ -27,7 +27,7 @@
 use super::{decode, encode, time_key, Failure, Parked, StatusTrees, StatusUpdate, StoreError};
 use super::{Tally, Verification};
 use crate::clock::UnixTime;
-use crate::domain::{DeliveryStatus, VerificationId};
+use crate::domain::DeliveryStatus;
 
 /// `Some((changed, failure))` when the status belongs to a verification,
 /// `None` when no verification claims its message.
@@ -62,43 +62,40 @@ impl StatusTrees {
 
     fn apply_to_verification(&self, update: &StatusUpdate) -> Result<Applied, StoreError> {
         let message_id = update.message_id.as_str();
-        loop {
-            let indexed = self
-                .messages
-                .get(message_id.as_bytes())?
-                .and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
-            let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else {
-                return Ok(None);
-            };
-            let Some(old) = self.verifications.get(id.as_str())? else { return Ok(None) };
-            let mut v: Verification = decode(&old)?;
-            let known = v.sends.iter().any(|a| {
-                a.channel == update.channel && a.delivery.message_id.as_deref() == Some(message_id)
-            });
-            let claim = indexed.is_none();
-            let Some(index) = v.send_for_message(message_id, update.channel, claim) else {
-                return Ok(None);
-            };
-            let changed = v.sends[index].delivery.apply(&update.event);
-            if changed || !known {
-                let new = encode(&v)?;
-                if self.verifications.compare_and_swap(id.as_str(), Some(old), Some(new))?.is_err()
-                {
-                    continue;
-                }
+        let indexed = self.messages.get(message_id)?;
+        let Some(id) = indexed.clone().or_else(|| update.callback.clone()) else {
+            return Ok(None);
+        };
+        let mut locked = self.verifications.lock(&id);
+        let Some(current) = locked.get()? else { return Ok(None) };
+        let known = current.sends.iter().any(|a| {
+            a.channel == update.channel && a.delivery.message_id.as_deref() == Some(message_id)
+        });
+        let claim = indexed.is_none();
+        let mut v = Verification::clone(&current);
+        let Some(index) = v.send_for_message(message_id, update.channel, claim) else {
+            return Ok(None);
+        };
+        let changed = v.sends[index].delivery.apply(&update.event);
+        if changed || !known {
+            if self.logged {
+                locked.put_logged(v.clone())?;
+            } else {
+                locked.put(v.clone())?;
             }
-            if claim {
-                self.messages.insert(message_id.as_bytes(), id.as_str())?;
-            }
-            let failed = changed && update.event.status == DeliveryStatus::Failed;
-            let failure = failed.then(|| Failure {
-                verification: v.id.clone(),
-                number_key: v.number_key.clone(),
-                channel: v.sends[index].channel,
-                code: update.event.error.as_ref().and_then(|e| e.code),
-            });
-            return Ok(Some((changed, failure)));
         }
+        if claim {
+            self.messages.insert(message_id, &id)?;
+        }
+        drop(locked);
+        let failed = changed && update.event.status == DeliveryStatus::Failed;
+        let failure = failed.then(|| Failure {
+            verification: v.id.clone(),
+            number_key: v.number_key.clone(),
+            channel: v.sends[index].channel,
+            code: update.event.error.as_ref().and_then(|e| e.code),
+        });
+        Ok(Some((changed, failure)))
     }
 
     /// Keeps a status for a message no verification claims (yet). Returns

@@ -69,7 +69,7 @@ const SEGMENT_AGE: Duration = Duration::from_secs(60);
 /// millisecond more before an answer, for far fewer syncs under load (on
 /// this project's 2-core benchmark, about 30 instead of 40 microseconds of
 /// CPU per webhook).
-const MIN_GAP: Duration = Duration::from_millis(1);
+const MIN_GAP: Duration = Duration::from_micros(400);
 
 const HEADER: usize = 8;
 
@@ -171,18 +171,31 @@ impl Wal {
             store.db.flush()?;
             tracing::info!(segments = segments.len(), records, "write-ahead log replayed");
         }
-        let wal = Self::start(Directory::new(dir.to_owned()), next, store.commit.clone())?;
+        let (verifications, logged) = (store.verifications.clone(), store.logged.clone());
+        let save = move || {
+            verifications.save_all().map_err(io::Error::other)?;
+            logged.save().map_err(io::Error::other)
+        };
+        let wal = Self::start(Directory::new(dir.to_owned()), next, store.commit.clone(), save)?;
         remove_before(dir, next)?;
         Ok(wal)
     }
 
     /// Starts the thread that appends to segment `number` of `disk`.
-    fn start<D: Disk>(disk: D, number: u64, commit: GroupCommit) -> io::Result<Self> {
+    /// `save` writes to sled what records hold and only memory has (the
+    /// counts of wrong codes), at each checkpoint.
+    fn start<D: Disk>(
+        disk: D,
+        number: u64,
+        commit: GroupCommit,
+        save: impl Fn() -> io::Result<()> + Send + 'static,
+    ) -> io::Result<Self> {
         let log = Log::start(Arc::new(disk), number)?;
+        let checkpoints = Checkpoints::start(commit, Box::new(save))?;
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("waverify-log".into())
-            .spawn(move || log_loop(log, &commit, &rx))?;
+            .spawn(move || log_loop(log, &checkpoints, &rx))?;
         Ok(Self { jobs: tx })
     }
 
@@ -195,8 +208,9 @@ impl Wal {
         now: UnixTime,
     ) -> Result<Tally, StoreError> {
         // Applied before it is logged: a checkpoint deletes a record only
-        // after a sled flush that started after the record was written, so
-        // what the record did must be in sled by then.
+        // after a save (of what memory has) and a sled flush that started
+        // after the record was taken, so what the record did is in sled by
+        // then.
         let tally = trees.apply_each(&updates, now)?;
         self.append(&EntryRef::Statuses { now, updates: &updates }).await?;
         Ok(tally)
@@ -229,10 +243,14 @@ impl SledStore {
         now: UnixTime,
     ) -> Result<Counted, StoreError> {
         let key = counters::key(counter, subject, limit, now);
-        let new = self.counters.update_and_fetch(&key, |old| {
-            Some((counters::read(old.map(sled::IVec::from)) + 1).to_be_bytes().to_vec())
-        })?;
-        Ok(Counted { key, count: counters::read(new) })
+        let count = if counters::logged(counter) {
+            self.logged.add(&key)?
+        } else {
+            counters::read(self.counters.update_and_fetch(&key, |old| {
+                Some((counters::read(old.map(sled::IVec::from)) + 1).to_be_bytes().to_vec())
+            })?)
+        };
+        Ok(Counted { key, count })
     }
 
     /// Returns once what a check wrote is durable: `v` as [`SledStore::update`]
@@ -258,7 +276,7 @@ impl SledStore {
 
     /// Applies logged records, in order.
     fn replay(&self, payloads: &[&[u8]]) -> Result<(), StoreError> {
-        let trees = self.status_trees();
+        let trees = self.status_trees(false);
         for payload in payloads {
             match postcard::from_bytes::<Entry>(payload)? {
                 Entry::Statuses { now, updates } => drop(trees.apply_each(&updates, now)?),
@@ -270,10 +288,7 @@ impl SledStore {
 
     fn replay_check(&self, r: &CheckRecord) -> Result<(), StoreError> {
         if let Some((key, count)) = &r.wrong_codes {
-            self.counters.update_and_fetch(key.as_slice(), |old| {
-                let old = counters::read(old.map(sled::IVec::from));
-                Some(old.max(*count).to_be_bytes().to_vec())
-            })?;
+            self.logged.merge(key, *count)?;
         }
         // A verification purged since is not brought back.
         self.update(&r.id, |v| v.absorb_check(r.attempts_left, r.status, r.approved_channel))?;
@@ -397,23 +412,14 @@ impl<D: Disk> Log<D> {
             || self.segment.first_write.is_some_and(|t| t.elapsed() >= SEGMENT_AGE)
     }
 
-    /// Moves on to a new segment, and has the older ones deleted after the
-    /// next sled flush.
-    fn checkpoint(&mut self, commit: &GroupCommit) -> io::Result<()> {
+    /// Moves on to a new segment, and has the older ones deleted once
+    /// what they hold is in sled on disk.
+    fn checkpoint(&mut self, checkpoints: &Checkpoints) -> io::Result<()> {
         let next = self.segment.number + 1;
         let file = self.disk.create(next)?;
         self.segment = Segment { file, number: next, len: 0, first_write: None };
         self.broken = false;
-        let disk = self.disk.clone();
-        // If the flush thread is gone, nothing is durable any more and
-        // every request fails: the files stay for the next start.
-        let _ = commit.after_flush(move |flushed| {
-            if flushed.is_ok() {
-                if let Err(error) = disk.remove_before(next) {
-                    tracing::warn!(%error, "could not delete checkpointed log segments");
-                }
-            }
-        });
+        checkpoints.delete_before(self.disk.clone(), next);
         Ok(())
     }
 
@@ -434,7 +440,53 @@ impl<D: Disk> Log<D> {
     }
 }
 
-fn log_loop<D: Disk>(mut log: Log<D>, commit: &GroupCommit, rx: &mpsc::Receiver<Job>) {
+/// Writes to sled what records hold and only memory has.
+type Save = Box<dyn Fn() -> io::Result<()> + Send>;
+
+/// The rest of a checkpoint once the log has moved on to a new segment,
+/// on a thread of its own so that appends go on meanwhile: what only
+/// memory has is saved to sled, then sled is flushed, then the older
+/// segments are deleted.
+struct Checkpoints {
+    jobs: mpsc::Sender<Checkpoint>,
+}
+
+type Checkpoint = Box<dyn FnOnce(&Save, &GroupCommit) + Send>;
+
+impl Checkpoints {
+    fn start(commit: GroupCommit, save: Save) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Checkpoint>();
+        thread::Builder::new().name("waverify-checkpoint".into()).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job(&save, &commit);
+            }
+        })?;
+        Ok(Self { jobs: tx })
+    }
+
+    fn delete_before<D: Disk>(&self, disk: Arc<D>, keep: u64) {
+        // If this thread is gone, the segments stay for the next start.
+        let _ = self.jobs.send(Box::new(move |save, commit| {
+            // Counts taken by records of the older segments were made
+            // before those records were taken, so before this save.
+            if let Err(error) = save() {
+                tracing::warn!(%error, "write-ahead log: no checkpoint, counts not saved");
+                return;
+            }
+            // If the flush thread is gone, nothing is durable any more and
+            // every request fails: the files stay for the next start.
+            let _ = commit.after_flush(move |flushed| {
+                if flushed.is_ok() {
+                    if let Err(error) = disk.remove_before(keep) {
+                        tracing::warn!(%error, "could not delete checkpointed log segments");
+                    }
+                }
+            });
+        }));
+    }
+}
+
+fn log_loop<D: Disk>(mut log: Log<D>, checkpoints: &Checkpoints, rx: &mpsc::Receiver<Job>) {
     let mut buffer = Vec::new();
     let mut replies = Vec::new();
     let mut last_sync = Instant::now() - MIN_GAP;
@@ -447,10 +499,11 @@ fn log_loop<D: Disk>(mut log: Log<D>, commit: &GroupCommit, rx: &mpsc::Receiver<
             thread::sleep(wait);
         }
         last_sync = Instant::now();
-        // Records are taken only once they were applied to sled, and a
-        // checkpoint starts before the next ones are taken: the sled flush
-        // it asks for covers every record of the segments it deletes.
-        let ready = if log.due() { log.checkpoint(commit) } else { Ok(()) };
+        // Records are taken only once they were applied to sled (or, for
+        // counts of wrong codes, to memory), and a checkpoint starts before
+        // the next ones are taken: the save and the sled flush it asks for
+        // cover every record of the segments it deletes.
+        let ready = if log.due() { log.checkpoint(checkpoints) } else { Ok(()) };
         // A segment that is only full can take more records meanwhile.
         let ready = match ready {
             Err(error) if !log.broken => {

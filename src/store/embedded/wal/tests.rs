@@ -111,7 +111,7 @@ fn memory_store() -> SledStore {
 async fn a_record_is_on_disk_before_it_is_answered() {
     let store = memory_store();
     let disk = Arc::new(Forgetful::default());
-    let wal = Wal::start(disk.clone(), 1, store.commit.clone()).unwrap();
+    let wal = Wal::start(disk.clone(), 1, store.commit.clone(), || Ok(())).unwrap();
     let check = |n: u32| CheckRecord {
         id: VerificationId::parse(&format!("{n:032x}")).unwrap(),
         attempts_left: n,
@@ -306,7 +306,8 @@ fn segments_are_deleted_once_a_flush_covers_them() {
     let mut bytes = Vec::new();
     frame(&mut bytes, 1, b"x");
     log.append(&bytes).unwrap();
-    log.checkpoint(&store.commit).unwrap();
+    let checkpoints = Checkpoints::start(store.commit.clone(), Box::new(|| Ok(()))).unwrap();
+    log.checkpoint(&checkpoints).unwrap();
     assert_eq!(log.segment.number, 2);
     let deadline = Instant::now() + Duration::from_secs(10);
     while segments(dir.path()).unwrap().contains(&1) {
