@@ -75,7 +75,10 @@ impl<V> Shards<V> {
     }
 
     /// Every shard in turn, with a way to lock it, as often as needed.
-    pub(super) fn each_unlocked<'a>(&'a self, mut f: impl FnMut(&dyn Fn() -> MutexGuard<'a, Map<V>>)) {
+    pub(super) fn each_unlocked<'a>(
+        &'a self,
+        mut f: impl FnMut(&dyn Fn() -> MutexGuard<'a, Map<V>>),
+    ) {
         for shard in &self.shards {
             f(&|| shard.lock().unwrap_or_else(|e| e.into_inner()));
         }

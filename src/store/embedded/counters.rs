@@ -87,11 +87,7 @@ impl Logged {
         Self { tree, cache: Arc::new(Shards::new(LOGGED)) }
     }
 
-    fn with<T>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(&mut Count) -> T,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, key: &[u8], f: impl FnOnce(&mut Count) -> T) -> Result<T, StoreError> {
         let mut shard = self.cache.lock(key);
         if let Some(count) = shard.get_mut(key) {
             return Ok(f(count));

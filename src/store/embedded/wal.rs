@@ -171,27 +171,18 @@ impl Wal {
             store.db.flush()?;
             tracing::info!(segments = segments.len(), records, "write-ahead log replayed");
         }
-        let (verifications, logged) = (store.verifications.clone(), store.logged.clone());
-        let save = move || {
-            verifications.save_all().map_err(io::Error::other)?;
-            logged.save().map_err(io::Error::other)
-        };
-        let wal = Self::start(Directory::new(dir.to_owned()), next, store.commit.clone(), save)?;
+        let wal =
+            Self::start(Directory::new(dir.to_owned()), next, store.commit.clone(), saver(store))?;
         remove_before(dir, next)?;
         Ok(wal)
     }
 
     /// Starts the thread that appends to segment `number` of `disk`.
-    /// `save` writes to sled what records hold and only memory has (the
-    /// counts of wrong codes), at each checkpoint.
-    fn start<D: Disk>(
-        disk: D,
-        number: u64,
-        commit: GroupCommit,
-        save: impl Fn() -> io::Result<()> + Send + 'static,
-    ) -> io::Result<Self> {
+    /// `save` writes to sled what records hold and only memory has, at
+    /// each checkpoint.
+    fn start<D: Disk>(disk: D, number: u64, commit: GroupCommit, save: Save) -> io::Result<Self> {
         let log = Log::start(Arc::new(disk), number)?;
-        let checkpoints = Checkpoints::start(commit, Box::new(save))?;
+        let checkpoints = Checkpoints::start(commit, save)?;
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("waverify-log".into())
@@ -442,6 +433,17 @@ impl<D: Disk> Log<D> {
 
 /// Writes to sled what records hold and only memory has.
 type Save = Box<dyn Fn() -> io::Result<()> + Send>;
+
+/// What `store` keeps in memory only, until a checkpoint: the changes
+/// checks and statuses made to verifications, and the counts of wrong
+/// codes.
+fn saver(store: &SledStore) -> Save {
+    let (verifications, logged) = (store.verifications.clone(), store.logged.clone());
+    Box::new(move || {
+        verifications.save_all().map_err(io::Error::other)?;
+        logged.save().map_err(io::Error::other)
+    })
+}
 
 /// The rest of a checkpoint once the log has moved on to a new segment,
 /// on a thread of its own so that appends go on meanwhile: what only

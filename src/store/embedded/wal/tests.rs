@@ -111,7 +111,7 @@ fn memory_store() -> SledStore {
 async fn a_record_is_on_disk_before_it_is_answered() {
     let store = memory_store();
     let disk = Arc::new(Forgetful::default());
-    let wal = Wal::start(disk.clone(), 1, store.commit.clone(), || Ok(())).unwrap();
+    let wal = Wal::start(disk.clone(), 1, store.commit.clone(), Box::new(|| Ok(()))).unwrap();
     let check = |n: u32| CheckRecord {
         id: VerificationId::parse(&format!("{n:032x}")).unwrap(),
         attempts_left: n,
@@ -314,4 +314,40 @@ fn segments_are_deleted_once_a_flush_covers_them() {
         assert!(Instant::now() < deadline, "segment 1 is still there");
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_checkpoint_saves_what_only_memory_had_before_it_deletes_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = memory_store();
+    let v = verification(4);
+    store.create(&v, 10_000, 1_000, None, &[]).unwrap().unwrap();
+    // A check and its wrong code as the log makes them durable: in
+    // memory only, until a checkpoint.
+    let (_, checked) = store.update_in(&v.id, true, |v| v.check(1_001, None)).unwrap().unwrap();
+    let limit = Limit::per(3600, 100);
+    store.add_counted(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001).unwrap();
+    let in_sled = |store: &SledStore| -> Verification {
+        let tree = store.verifications.tree_for_new();
+        super::super::decode(&tree.get(v.id.as_str()).unwrap().unwrap()).unwrap()
+    };
+    let key = counters::key(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001);
+    assert_eq!(in_sled(&store), v, "sled does not have the check yet");
+    assert!(store.counters.get(&key).unwrap().is_none());
+    assert_eq!(store.get(&v.id).unwrap().unwrap(), checked, "memory answers with it");
+
+    let checkpoints = Checkpoints::start(store.commit.clone(), saver(&store)).unwrap();
+    let mut log = Log::start(Arc::new(Directory::new(dir.path().to_owned())), 1).unwrap();
+    let mut bytes = Vec::new();
+    frame(&mut bytes, 1, b"the check's record");
+    log.append(&bytes).unwrap();
+    log.checkpoint(&checkpoints).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while segments(dir.path()).unwrap().contains(&1) {
+        assert!(Instant::now() < deadline, "segment 1 is still there");
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(in_sled(&store), checked);
+    assert_eq!(counters::read(store.counters.get(&key).unwrap()), 1);
+    assert_eq!(store.get(&v.id).unwrap().unwrap(), checked);
 }
