@@ -128,7 +128,11 @@ pub(super) struct Locked<'a> {
 
 impl Verifications {
     pub(super) fn new(tree: sled::Tree) -> Self {
-        Self { tree, cache: Arc::new(Shards::new(VERIFICATIONS)) }
+        Self::with_capacity(tree, VERIFICATIONS)
+    }
+
+    pub(super) fn with_capacity(tree: sled::Tree, capacity: usize) -> Self {
+        Self { tree, cache: Arc::new(Shards::new(capacity)) }
     }
 
     pub(super) fn lock<'a>(&'a self, id: &'a VerificationId) -> Locked<'a> {

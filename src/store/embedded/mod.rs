@@ -6,8 +6,11 @@
 //! nothing. Concurrent commits share one flush (see `commit.rs`). The
 //! exceptions are [`SledStore::record_statuses`], durable when it returns, and
 //! a check, made durable by [`SledStore::commit_check`]: both go through the
-//! write-ahead log (see `wal.rs`), which sled is flushed for only now and
-//! then.
+//! write-ahead log (see `wal.rs`), and what they change is kept in memory
+//! and reaches sled only at the log's checkpoints (see `cache.rs`).
+//!
+//! Verifications and the message index are read and written through
+//! `cache.rs`, never through their trees directly.
 //!
 //! Trees:
 //! - `verifications`: verification id -> the verification (postcard)

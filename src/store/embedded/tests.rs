@@ -290,3 +290,29 @@ fn the_store_does_not_grow_under_churn() {
     assert!(last <= settled * 2, "the store kept growing: {sizes:?}");
     assert!(store.verifications.is_empty() && store.messages.is_empty() && store.outbox.is_empty());
 }
+
+#[test]
+fn what_only_memory_had_reaches_sled_when_pushed_out() {
+    let mut store = temp_store();
+    // Room for one verification a shard.
+    let tree = store.verifications.tree_for_new().clone();
+    store.verifications = cache::Verifications::with_capacity(tree, 1);
+    let all: Vec<_> = (0..200).map(verification).collect();
+    for v in &all {
+        insert(&store, v, 10_000);
+    }
+    for v in &all {
+        let (outcome, _) = store.update_in(&v.id, true, |v| v.check(1_001, None)).unwrap().unwrap();
+        assert!(matches!(outcome, Ok(crate::domain::CheckOutcome::Wrong { .. })));
+    }
+    let in_sled = |v: &Verification| -> Verification {
+        decode(&store.verifications.tree_for_new().get(v.id.as_str()).unwrap().unwrap()).unwrap()
+    };
+    let written = all.iter().filter(|v| in_sled(v).attempts_left == 4).count();
+    assert!(written >= 200 - 64, "only {written} of 200 reached sled");
+    for v in &all {
+        assert_eq!(store.get(&v.id).unwrap().unwrap().attempts_left, 4);
+    }
+    store.verifications.save_all().unwrap();
+    assert!(all.iter().all(|v| in_sled(v).attempts_left == 4));
+}

@@ -69,7 +69,7 @@ const SEGMENT_AGE: Duration = Duration::from_secs(60);
 /// millisecond more before an answer, for far fewer syncs under load (on
 /// this project's 2-core benchmark, about 30 instead of 40 microseconds of
 /// CPU per webhook).
-const MIN_GAP: Duration = Duration::from_micros(400);
+const MIN_GAP: Duration = Duration::from_micros(300);
 
 const HEADER: usize = 8;
 
