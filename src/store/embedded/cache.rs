@@ -318,4 +318,9 @@ impl Messages {
     pub(super) fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }
+
+    #[cfg(test)]
+    pub(super) fn tree_is_set(&self, message_id: &str) -> bool {
+        self.tree.contains_key(message_id).unwrap()
+    }
 }

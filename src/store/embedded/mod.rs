@@ -377,7 +377,10 @@ impl SledStore {
         if v == *before {
             return Ok(Some((result, v)));
         }
-        if logged {
+        // A verification that ends frees its number in sled below: sled
+        // must have the end first, or a flush could keep the number free
+        // while the verification comes back pending.
+        if logged && v.status == VerificationStatus::Pending {
             locked.put_logged(v.clone())?;
         } else {
             locked.put(v.clone())?;

@@ -78,7 +78,10 @@ impl StatusTrees {
         };
         let changed = v.sends[index].delivery.apply(&update.event);
         if changed || !known {
-            if self.logged {
+            // A send that takes its message id here gets an index entry in
+            // sled below: sled must have the verification's side first, or
+            // a flush could keep the entry without it.
+            if self.logged && known {
                 locked.put_logged(v.clone())?;
             } else {
                 locked.put(v.clone())?;

@@ -305,14 +305,39 @@ fn what_only_memory_had_reaches_sled_when_pushed_out() {
         let (outcome, _) = store.update_in(&v.id, true, |v| v.check(1_001, None)).unwrap().unwrap();
         assert!(matches!(outcome, Ok(crate::domain::CheckOutcome::Wrong { .. })));
     }
-    let in_sled = |v: &Verification| -> Verification {
-        decode(&store.verifications.tree_for_new().get(v.id.as_str()).unwrap().unwrap()).unwrap()
-    };
-    let written = all.iter().filter(|v| in_sled(v).attempts_left == 4).count();
+    let written = all.iter().filter(|v| in_sled(&store, v).attempts_left == 4).count();
     assert!(written >= 200 - 64, "only {written} of 200 reached sled");
     for v in &all {
         assert_eq!(store.get(&v.id).unwrap().unwrap().attempts_left, 4);
     }
     store.verifications.save_all().unwrap();
-    assert!(all.iter().all(|v| in_sled(v).attempts_left == 4));
+    assert!(all.iter().all(|v| in_sled(&store, v).attempts_left == 4));
+}
+
+/// What sled itself holds for `v`, memory aside.
+fn in_sled(store: &SledStore, v: &Verification) -> Verification {
+    decode(&store.verifications.tree_for_new().get(v.id.as_str()).unwrap().unwrap()).unwrap()
+}
+
+#[test]
+fn sled_never_has_an_index_entry_or_a_free_number_without_the_change_behind_it() {
+    let store = temp_store();
+    let logged = store.status_trees(true);
+    // A status that beats the send's answer claims the send by the
+    // verification id it carries.
+    let v = verification(1);
+    insert(&store, &v, 10_000);
+    let early = StatusUpdate {
+        callback: Some(v.id.clone()),
+        ..update("wamid.EARLY", DeliveryStatus::Delivered, 5)
+    };
+    assert_eq!(logged.apply_each(&[early], 100).unwrap().applied, 1);
+    assert!(store.messages.tree_is_set("wamid.EARLY"));
+    assert_eq!(in_sled(&store, &v).sends[0].delivery.message_id.as_deref(), Some("wamid.EARLY"));
+    // A check that ends a verification frees the number.
+    let w = verification(2);
+    insert(&store, &w, 10_000);
+    store.update_in(&w.id, true, |w| w.cancel(1_001)).unwrap().unwrap();
+    assert!(store.active.get("number-2").unwrap().is_none());
+    assert_ne!(in_sled(&store, &w).status, VerificationStatus::Pending);
 }
