@@ -337,7 +337,8 @@ fn sled_never_has_an_index_entry_or_a_free_number_without_the_change_behind_it()
     // A check that ends a verification frees the number.
     let w = verification(2);
     insert(&store, &w, 10_000);
-    store.update_in(&w.id, true, |w| w.cancel(1_001)).unwrap().unwrap();
+    let (ended, _) = store.update_in(&w.id, true, |w| w.cancel(1_001)).unwrap().unwrap();
+    assert_eq!(ended, Ok(()));
     assert!(store.active.get("number-2").unwrap().is_none());
     assert_ne!(in_sled(&store, &w).status, VerificationStatus::Pending);
 }
