@@ -51,6 +51,9 @@ use crate::domain::{
 /// How long a connection attempt, or a command's answer, may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many statuses of one body are looked up in Redis at once.
+const LOOKUPS_AT_ONCE: usize = 256;
+
 /// The most queued sends, or due fallbacks, taken in one call.
 const BATCH: usize = 256;
 
@@ -1020,21 +1023,30 @@ impl RedisStore {
     ) -> Result<Vec<Option<String>>, StoreError> {
         // Sent together, not as one pipeline: each touches its own slot,
         // and the connection writes concurrent commands out together anyway.
-        let lookups = updates.iter().zip(entries).map(|(update, entry)| {
-            let mut conn = self.conn();
-            async move {
-                self.scripts
-                    .lookup_or_park
-                    .key(self.keys.message(&update.message_id))
-                    .key(self.keys.parked(&update.message_id))
-                    .arg(entry.as_slice())
-                    .arg(self.parked_ttl)
-                    .invoke_async::<Option<String>>(&mut conn)
-                    .await
+        // A few hundred at a time: a body can carry thousands, and each
+        // command's time limit runs from when it is sent, so the last of
+        // thousands sent at once could time out behind the others.
+        let mut found = Vec::with_capacity(updates.len());
+        let pairs: Vec<_> = updates.iter().zip(entries).collect();
+        for batch in pairs.chunks(LOOKUPS_AT_ONCE) {
+            let lookups = batch.iter().map(|(update, entry)| {
+                let mut conn = self.conn();
+                async move {
+                    self.scripts
+                        .lookup_or_park
+                        .key(self.keys.message(&update.message_id))
+                        .key(self.keys.parked(&update.message_id))
+                        .arg(entry.as_slice())
+                        .arg(self.parked_ttl)
+                        .invoke_async::<Option<String>>(&mut conn)
+                        .await
+                }
+            });
+            for result in futures_util::future::join_all(lookups).await {
+                found.push(result?);
             }
-        });
-        let found = futures_util::future::join_all(lookups).await;
-        Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?)
+        }
+        Ok(found)
     }
 
     async fn park(&self, update: &StatusUpdate, entry: &[u8]) -> Result<(), StoreError> {
