@@ -90,7 +90,7 @@ pub fn redact_numbers(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
-        if chars[i] == '+' || chars[i].is_ascii_digit() {
+        if chars[i] == '+' || chars[i] == '(' || chars[i].is_ascii_digit() {
             let (mut end, mut digits, mut j) = (i, 0, i);
             if chars[j] == '+' {
                 j += 1;
@@ -175,6 +175,8 @@ mod tests {
             ("id 1234567", "id [number]"),
             ("", ""),
             ("+", "+"),
+            ("to (555) 010-0002.", "to [number]."),
+            ("(ok) (12)", "(ok) (12)"),
         ];
         for (text, want) in cases {
             assert_eq!(redact_numbers(text), want, "{text:?}");
