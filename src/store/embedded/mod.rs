@@ -150,6 +150,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // A new data directory is for this user only: it holds nothing in
+        // clear that matters, but nobody else needs to read it.
+        if !dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir)?;
+        }
         // Every acknowledged write is flushed explicitly (group commit);
         // sled's own timer would only add flushes that nothing waits for.
         // The page cache is bounded, so resident memory stays flat however
