@@ -288,10 +288,10 @@ impl Store {
         &self,
         id: &VerificationId,
         change: impl FnMut(&mut Verification) -> T,
-    ) -> Result<Option<(T, Verification)>, StoreError> {
+    ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         match &self.backend {
             Backend::Sled(s) => s.update(id, change),
-            Backend::Redis(r) => r.update(id, change).await,
+            Backend::Redis(r) => Ok(r.update(id, change).await?.map(|(t, v)| (t, Arc::new(v)))),
         }
     }
 
@@ -303,7 +303,7 @@ impl Store {
         (counter, limit): (Counter, Limit),
         now: UnixTime,
         mut change: impl FnMut(&mut Verification, u64) -> T,
-    ) -> Result<Option<(T, Verification)>, StoreError> {
+    ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         match &self.backend {
             Backend::Sled(s) => {
                 let updated = s.update_logged(id, |v| {
@@ -312,7 +312,10 @@ impl Store {
                 })?;
                 updated.map(|(result, v)| result.map(|r| (r, v))).transpose()
             }
-            Backend::Redis(r) => r.update_with_count(id, (counter, limit), now, change).await,
+            Backend::Redis(r) => {
+                let updated = r.update_with_count(id, (counter, limit), now, change).await?;
+                Ok(updated.map(|(t, v)| (t, Arc::new(v))))
+            }
         }
     }
 

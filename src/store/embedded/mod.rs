@@ -38,6 +38,7 @@ mod statuses;
 mod wal;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{
@@ -357,7 +358,7 @@ impl SledStore {
         &self,
         id: &VerificationId,
         change: impl FnMut(&mut Verification) -> T,
-    ) -> Result<Option<(T, Verification)>, StoreError> {
+    ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         self.update_in(id, false, change)
     }
 
@@ -368,7 +369,7 @@ impl SledStore {
         &self,
         id: &VerificationId,
         change: impl FnMut(&mut Verification) -> T,
-    ) -> Result<Option<(T, Verification)>, StoreError> {
+    ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         // A store without a log (in memory) flushes sled instead.
         self.update_in(id, self.wal.is_some(), change)
     }
@@ -378,22 +379,22 @@ impl SledStore {
         id: &VerificationId,
         logged: bool,
         mut change: impl FnMut(&mut Verification) -> T,
-    ) -> Result<Option<(T, Verification)>, StoreError> {
+    ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         let mut locked = self.verifications.lock(id);
         let Some(before) = locked.get()? else { return Ok(None) };
         let mut v = Verification::clone(&before);
         let result = change(&mut v);
         if v == *before {
-            return Ok(Some((result, v)));
+            return Ok(Some((result, before)));
         }
         // A verification that ends frees its number in sled below: sled
         // must have the end first, or a flush could keep the number free
         // while the verification comes back pending.
-        if logged && v.status == VerificationStatus::Pending {
-            locked.put_logged(v.clone())?;
+        let v = if logged && v.status == VerificationStatus::Pending {
+            locked.put_logged(v)?
         } else {
-            locked.put(v.clone())?;
-        }
+            locked.put(v)?
+        };
         drop(locked);
         if v.status != VerificationStatus::Pending {
             self.release(&v)?;

@@ -18,12 +18,15 @@
 //! fails, the next record goes to a new segment, so that no answered
 //! record ever follows a damaged one.
 //!
-//! Checkpoints: once a segment passes [`SEGMENT_BYTES`] (or has held
-//! records for [`SEGMENT_AGE`]), the log moves on to a new segment and asks
-//! the flush thread for a sled flush. Every record of the older segments
-//! was written to sled before that request, so once the flush is done they
-//! are all in sled on disk, and their files are deleted. The log holds
-//! about one or two segments, and the next one made ready.
+//! Checkpoints: once a segment passes [`SEGMENT_BYTES`], the log moves on
+//! to a new segment. Every [`SEGMENTS_PER_CHECKPOINT`] segments (or once
+//! records are [`CHECKPOINT_AGE`] old), it also makes a checkpoint, on a
+//! thread of its own: what the older segments' records changed in memory
+//! only is written to sled, sled is flushed, and their files are deleted.
+//! Every record of those segments was applied (to sled or to memory)
+//! before the checkpoint started, so once the flush is done they are all
+//! in sled on disk. The log holds at most a few segments, and the next one
+//! made ready.
 //!
 //! At start-up, before anything is served, every segment is replayed in
 //! order, sled is flushed, and the segments are deleted. Replaying a record
@@ -58,12 +61,17 @@ use crate::store::Counter;
 /// The log's directory, inside the store's.
 pub(super) const DIR: &str = "wal";
 
-/// A segment this large is checkpointed and a new one started.
+/// Once a segment is this large, a new one is started.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A segment that has held records this long is checkpointed too, so
-/// that a quiet server does not keep old records to replay.
-const SEGMENT_AGE: Duration = Duration::from_secs(60);
+/// A checkpoint is made every this many segments: each writes to sled
+/// every verification changed since the last one, so fewer checkpoints
+/// write a verification changed many times fewer times.
+const SEGMENTS_PER_CHECKPOINT: u32 = 4;
+
+/// Records this old are checkpointed too, so that a quiet server does not
+/// keep old records to replay.
+const CHECKPOINT_AGE: Duration = Duration::from_secs(60);
 
 /// The shortest time between the starts of two syncs: at most half a
 /// millisecond more before an answer, for far fewer syncs under load. On
@@ -380,8 +388,6 @@ struct Segment<F> {
     file: F,
     number: u64,
     len: u64,
-    /// When its first record was written.
-    first_write: Option<Instant>,
 }
 
 struct Log<D: Disk> {
@@ -390,29 +396,41 @@ struct Log<D: Disk> {
     /// A write or sync failed: what the segment holds after its last
     /// good record is unknown, so nothing more is appended to it.
     broken: bool,
+    /// Segments started since the last checkpoint.
+    since_checkpoint: u32,
+    /// When the first record since the last checkpoint was written.
+    oldest: Option<Instant>,
 }
 
 impl<D: Disk> Log<D> {
     fn start(disk: Arc<D>, number: u64) -> io::Result<Self> {
         let file = disk.create(number)?;
-        let segment = Segment { file, number, len: 0, first_write: None };
-        Ok(Self { disk, segment, broken: false })
+        let segment = Segment { file, number, len: 0 };
+        Ok(Self { disk, segment, broken: false, since_checkpoint: 0, oldest: None })
+    }
+
+    fn old(&self) -> bool {
+        self.oldest.is_some_and(|t| t.elapsed() >= CHECKPOINT_AGE)
     }
 
     fn due(&self) -> bool {
-        self.broken
-            || self.segment.len >= SEGMENT_BYTES
-            || self.segment.first_write.is_some_and(|t| t.elapsed() >= SEGMENT_AGE)
+        self.broken || self.segment.len >= SEGMENT_BYTES || self.old()
     }
 
-    /// Moves on to a new segment, and has the older ones deleted once
+    /// Moves on to a new segment and, every few segments or once records
+    /// are old, makes a checkpoint: has the older segments deleted once
     /// what they hold is in sled on disk.
     fn checkpoint(&mut self, checkpoints: &Checkpoints) -> io::Result<()> {
         let next = self.segment.number + 1;
         let file = self.disk.create(next)?;
-        self.segment = Segment { file, number: next, len: 0, first_write: None };
+        self.segment = Segment { file, number: next, len: 0 };
         self.broken = false;
-        checkpoints.delete_before(self.disk.clone(), next);
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= SEGMENTS_PER_CHECKPOINT || self.old() {
+            checkpoints.delete_before(self.disk.clone(), next);
+            self.since_checkpoint = 0;
+            self.oldest = None;
+        }
         Ok(())
     }
 
@@ -422,7 +440,7 @@ impl<D: Disk> Log<D> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.segment.first_write.get_or_insert_with(Instant::now);
+        self.oldest.get_or_insert_with(Instant::now);
         let file = &mut self.segment.file;
         let written = file.write_all(bytes).and_then(|()| file.sync());
         match written {

@@ -309,6 +309,11 @@ fn segments_are_deleted_once_a_flush_covers_them() {
     let checkpoints = Checkpoints::start(store.commit.clone(), Box::new(|| Ok(()))).unwrap();
     log.checkpoint(&checkpoints).unwrap();
     assert_eq!(log.segment.number, 2);
+    thread::sleep(Duration::from_millis(100));
+    assert!(segments(dir.path()).unwrap().contains(&1), "one new segment is no checkpoint");
+    for _ in 1..SEGMENTS_PER_CHECKPOINT {
+        log.checkpoint(&checkpoints).unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while segments(dir.path()).unwrap().contains(&1) {
         assert!(Instant::now() < deadline, "segment 1 is still there");
@@ -325,6 +330,7 @@ fn a_checkpoint_saves_what_only_memory_had_before_it_deletes_segments() {
     // A check and its wrong code as the log makes them durable: in
     // memory only, until a checkpoint.
     let (_, checked) = store.update_in(&v.id, true, |v| v.check(1_001, None)).unwrap().unwrap();
+    let checked = Verification::clone(&checked);
     let limit = Limit::per(3600, 100);
     store.add_counted(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001).unwrap();
     let in_sled = |store: &SledStore| -> Verification {
@@ -341,7 +347,9 @@ fn a_checkpoint_saves_what_only_memory_had_before_it_deletes_segments() {
     let mut bytes = Vec::new();
     frame(&mut bytes, 1, b"the check's record");
     log.append(&bytes).unwrap();
-    log.checkpoint(&checkpoints).unwrap();
+    for _ in 0..SEGMENTS_PER_CHECKPOINT {
+        log.checkpoint(&checkpoints).unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while segments(dir.path()).unwrap().contains(&1) {
         assert!(Instant::now() < deadline, "segment 1 is still there");
