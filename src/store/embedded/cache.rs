@@ -256,11 +256,13 @@ fn write(tree: &sled::Tree, key: &[u8], v: &Verification) -> Result<(), StoreErr
 
 /// The `messages` tree (message id -> verification id) and its cache,
 /// under the same rule as verifications: every write of an entry holds
-/// its shard's lock, and so does a read that goes to sled.
+/// its shard's lock, and so does a read that goes to sled. The cache also
+/// remembers ids that sled has no entry for (`None`): statuses for
+/// messages of no verification come again and again.
 #[derive(Clone)]
 pub(super) struct Messages {
     tree: sled::Tree,
-    cache: Arc<Shards<VerificationId>>,
+    cache: Arc<Shards<Option<VerificationId>>>,
 }
 
 impl Messages {
@@ -272,14 +274,12 @@ impl Messages {
         let key = message_id.as_bytes();
         let mut shard = self.cache.lock(key);
         if let Some(id) = shard.get(key) {
-            return Ok(Some(id.clone()));
+            return Ok(id.clone());
         }
-        let Some(raw) = self.tree.get(key)? else { return Ok(None) };
-        let Some(id) = std::str::from_utf8(&raw).ok().and_then(VerificationId::parse) else {
-            return Ok(None);
-        };
+        let raw = self.tree.get(key)?;
+        let id = raw.and_then(|raw| std::str::from_utf8(&raw).ok().and_then(VerificationId::parse));
         insert(&mut shard, self.cache.per_shard, key, id.clone());
-        Ok(Some(id))
+        Ok(id)
     }
 
     /// The tree, for a transaction that may set the entry of
@@ -288,7 +288,7 @@ impl Messages {
     pub(super) fn lock_for_write(
         &self,
         message_id: Option<&str>,
-    ) -> (&sled::Tree, Option<MutexGuard<'_, Map<VerificationId>>>) {
+    ) -> (&sled::Tree, Option<MutexGuard<'_, Map<Option<VerificationId>>>>) {
         let guard = message_id.map(|m| {
             let mut shard = self.cache.lock(m.as_bytes());
             shard.remove(m.as_bytes());
@@ -302,7 +302,7 @@ impl Messages {
         let mut shard = self.cache.lock(key);
         shard.remove(key);
         self.tree.insert(key, id.as_str())?;
-        insert(&mut shard, self.cache.per_shard, key, id.clone());
+        insert(&mut shard, self.cache.per_shard, key, Some(id.clone()));
         Ok(())
     }
 

@@ -68,34 +68,47 @@ impl StatusTrees {
         };
         let mut locked = self.verifications.lock(&id);
         let Some(current) = locked.get()? else { return Ok(None) };
-        let known = current.sends.iter().any(|a| {
+        let known = current.sends.iter().position(|a| {
             a.channel == update.channel && a.delivery.message_id.as_deref() == Some(message_id)
         });
-        let claim = indexed.is_none();
-        let mut v = Verification::clone(&current);
-        let Some(index) = v.send_for_message(message_id, update.channel, claim) else {
-            return Ok(None);
-        };
-        let changed = v.sends[index].delivery.apply(&update.event);
-        if changed || !known {
-            // A send that takes its message id here gets an index entry in
-            // sled below: sled must have the verification's side first, or
-            // a flush could keep the entry without it.
-            if self.logged && known {
-                locked.put_logged(v.clone())?;
-            } else {
-                locked.put(v.clone())?;
+        let (index, changed) = match known {
+            // The usual case, and most often a repeat: only the send's
+            // delivery is copied to see whether the status changes it.
+            Some(index) => {
+                let mut delivery = current.sends[index].delivery.clone();
+                let changed = delivery.apply(&update.event);
+                if changed {
+                    let mut v = Verification::clone(&current);
+                    v.sends[index].delivery = delivery;
+                    if self.logged {
+                        locked.put_logged(v)?;
+                    } else {
+                        locked.put(v)?;
+                    }
+                }
+                (index, changed)
             }
-        }
-        if claim {
-            self.messages.insert(message_id, &id)?;
-        }
+            None => {
+                let claim = indexed.is_none();
+                let mut v = Verification::clone(&current);
+                let Some(index) = v.send_for_message(message_id, update.channel, claim) else {
+                    return Ok(None);
+                };
+                let changed = v.sends[index].delivery.apply(&update.event);
+                // The send takes its message id here, and gets an index
+                // entry in sled below: sled must have the verification's
+                // side first, or a flush could keep the entry without it.
+                locked.put(v)?;
+                self.messages.insert(message_id, &id)?;
+                (index, changed)
+            }
+        };
         drop(locked);
         let failed = changed && update.event.status == DeliveryStatus::Failed;
         let failure = failed.then(|| Failure {
-            verification: v.id.clone(),
-            number_key: v.number_key.clone(),
-            channel: v.sends[index].channel,
+            verification: current.id.clone(),
+            number_key: current.number_key.clone(),
+            channel: current.sends[index].channel,
             code: update.event.error.as_ref().and_then(|e| e.code),
         });
         Ok(Some((changed, failure)))
