@@ -183,11 +183,9 @@ fn repair_lone_surrogates(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let low = |u: u16| (0xDC00..0xE000).contains(&u);
     let mut repaired: Option<Vec<u8>> = None;
     let mut i = 0;
-    while i < body.len() {
-        if body[i] != b'\\' {
-            i += 1;
-            continue;
-        }
+    // Backslashes are rare in a body: jump from one to the next.
+    while let Some(found) = memchr::memchr(b'\\', &body[i.min(body.len())..]) {
+        i += found;
         match unit(body, i) {
             Some(u) if high(u) && unit(body, i + 6).is_some_and(low) => i += 12,
             Some(u) if high(u) || low(u) => {
