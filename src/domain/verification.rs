@@ -163,27 +163,35 @@ impl Delivery {
     /// reordering by Meta cannot move a delivery backwards. Returns whether
     /// anything changed.
     pub fn apply(&mut self, event: &StatusEvent) -> bool {
-        let before = self.clone();
+        if !self.changed_by(event) {
+            return false;
+        }
         self.status = self.status.max(event.status);
         self.timestamps
             .entry(event.status)
             .and_modify(|t| *t = (*t).min(event.timestamp))
             .or_insert(event.timestamp);
         if let Some(error) = &event.error {
-            self.keep_earliest_error(event.timestamp, error);
+            if self.takes_error(event.timestamp, error) {
+                self.error = Some(error.clone());
+                self.error_at = Some(event.timestamp);
+            }
         }
-        *self != before
+        true
     }
 
-    fn keep_earliest_error(&mut self, at: UnixTime, error: &DeliveryError) {
-        let candidate = (at, error);
-        let replace = match (&self.error_at, &self.error) {
-            (Some(t), Some(e)) => candidate < (*t, e),
+    /// Whether [`Delivery::apply`] would change anything: a higher status,
+    /// an earlier (or first) time for its status, or an earlier error.
+    pub fn changed_by(&self, event: &StatusEvent) -> bool {
+        event.status > self.status
+            || self.timestamps.get(&event.status).is_none_or(|&t| event.timestamp < t)
+            || event.error.as_ref().is_some_and(|e| self.takes_error(event.timestamp, e))
+    }
+
+    fn takes_error(&self, at: UnixTime, error: &DeliveryError) -> bool {
+        match (&self.error_at, &self.error) {
+            (Some(t), Some(e)) => (at, error) < (*t, e),
             _ => true,
-        };
-        if replace {
-            self.error = Some(error.clone());
-            self.error_at = Some(at);
         }
     }
 }

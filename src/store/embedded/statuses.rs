@@ -72,14 +72,13 @@ impl StatusTrees {
             a.channel == update.channel && a.delivery.message_id.as_deref() == Some(message_id)
         });
         let (index, changed) = match known {
-            // The usual case, and most often a repeat: only the send's
-            // delivery is copied to see whether the status changes it.
+            // The usual case, and most often a repeat, which copies
+            // nothing.
             Some(index) => {
-                let mut delivery = current.sends[index].delivery.clone();
-                let changed = delivery.apply(&update.event);
+                let changed = current.sends[index].delivery.changed_by(&update.event);
                 if changed {
                     let mut v = Verification::clone(&current);
-                    v.sends[index].delivery = delivery;
+                    v.sends[index].delivery.apply(&update.event);
                     if self.logged {
                         locked.put_logged(v)?;
                     } else {

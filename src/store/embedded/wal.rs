@@ -73,12 +73,12 @@ const SEGMENTS_PER_CHECKPOINT: u32 = 4;
 /// keep old records to replay.
 const CHECKPOINT_AGE: Duration = Duration::from_secs(60);
 
-/// The shortest time between the starts of two syncs: at most 300
+/// The shortest time between the starts of two syncs: at most 400
 /// microseconds more before an answer, for far fewer syncs under load. On
 /// this project's 2-core benchmark, a gap of a millisecond left a core
 /// partly idle (requests waited for the sync, not for CPU), and none at all
 /// cost about 10 more microseconds of CPU per webhook.
-const MIN_GAP: Duration = Duration::from_micros(300);
+const MIN_GAP: Duration = Duration::from_micros(400);
 
 const HEADER: usize = 8;
 
