@@ -65,11 +65,33 @@ impl std::fmt::Display for LoggedPath<'_> {
             if crate::domain::VerificationId::parse(segment).is_some() {
                 f.write_str(segment)?;
             } else {
-                f.write_str(&crate::domain::redact_numbers(segment))?;
+                // Decoded first, so that `%2b1%20555...` is seen as a number.
+                f.write_str(&crate::domain::redact_numbers(&percent_decoded(segment)))?;
             }
         }
         Ok(())
     }
+}
+
+/// `%XX` escapes replaced by their bytes (invalid ones kept as they are).
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.filter(|_| bytes[i] == b'%').and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -86,5 +108,7 @@ mod tests {
             "/v1/verifications/[number]"
         );
         assert_eq!(LoggedPath("/v1/x/15550100001/y").to_string(), "/v1/x/[number]/y");
+        assert_eq!(LoggedPath("/x/%2b1%20555%20123%204567").to_string(), "/x/[number]");
+        assert_eq!(LoggedPath("/x/100%25/%zz").to_string(), "/x/100%/%zz");
     }
 }

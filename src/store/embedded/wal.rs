@@ -498,8 +498,11 @@ impl Checkpoints {
             // every request fails: the files stay for the next start.
             let _ = commit.after_flush(move |flushed| {
                 if flushed.is_ok() {
-                    if let Err(error) = disk.remove_before(keep) {
-                        tracing::warn!(%error, "could not delete checkpointed log segments");
+                    match disk.remove_before(keep) {
+                        Ok(()) => tracing::info!(kept_from = keep, "write-ahead log checkpoint"),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not delete checkpointed log segments");
+                        }
                     }
                 }
             });
