@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 
 use crate::domain::{
     redact_numbers, Channel, DeliveryError, DeliveryStatus, StatusEvent, VerificationId,
@@ -75,7 +74,8 @@ pub async fn receive(
     let parsed = payload::parse(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 
     let now = state.clock.now();
-    let updates = updates(&parsed.statuses, now);
+    let (received, skipped_changes) = (parsed.statuses.len(), parsed.skipped_changes);
+    let updates = updates(parsed.statuses, now);
     let statuses = updates.len();
     // Durable when it returns: see `Store::record_statuses`.
     let tally = state.store.record_statuses(updates, now).await?;
@@ -90,15 +90,21 @@ pub async fn receive(
     }
 
     tracing::info!(
-        statuses = parsed.statuses.len(),
+        statuses = received,
         applied = tally.applied,
         unchanged = tally.unchanged,
         parked = tally.parked,
-        ignored = parsed.statuses.len() - statuses,
-        skipped_changes = parsed.skipped_changes,
+        ignored = received - statuses,
+        skipped_changes,
         "webhook stored"
     );
-    Ok(HttpResponse::Ok().json(json!({"received": parsed.statuses.len()})))
+    Ok(HttpResponse::Ok().json(Received { received }))
+}
+
+/// The answer to a webhook: how many statuses the body held.
+#[derive(serde::Serialize)]
+struct Received {
+    received: usize,
 }
 
 /// A reported error as it may be stored: Meta's texts can hold numbers.
@@ -112,14 +118,14 @@ fn redacted(error: &DeliveryError) -> DeliveryError {
 
 /// The statuses that are steps of delivery, as the store takes them.
 /// Other values (`played`, `deleted`, ...) are counted and dropped.
-fn updates(reports: &[StatusReport], now: i64) -> Vec<StatusUpdate> {
+fn updates(reports: Vec<StatusReport>, now: i64) -> Vec<StatusUpdate> {
     reports
-        .iter()
+        .into_iter()
         .filter_map(|report| {
             let status = report.status?;
             let failed = status == DeliveryStatus::Failed;
             Some(StatusUpdate {
-                message_id: report.message_id.clone(),
+                message_id: report.message_id,
                 channel: Channel::Whatsapp,
                 callback: report.callback.as_deref().and_then(VerificationId::parse),
                 event: StatusEvent {
