@@ -314,8 +314,9 @@ fn what_only_memory_had_reaches_sled_when_pushed_out() {
     assert!(all.iter().all(|v| in_sled(&store, v).attempts_left == 4));
 }
 
-/// What sled itself holds for `v`, memory aside.
-fn in_sled(store: &SledStore, v: &Verification) -> Verification {
+/// What sled itself holds for `v`, memory aside; the log's tests use it
+/// too.
+pub(super) fn in_sled(store: &SledStore, v: &Verification) -> Verification {
     decode(&store.verifications.tree_for_new().get(v.id.as_str()).unwrap().unwrap()).unwrap()
 }
 

@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 
 use super::*;
 use crate::domain::{CheckOutcome, DeliveryStatus, SendOutcome, StatusEvent};
-use crate::store::embedded::tests::verification;
+use crate::store::embedded::tests::{in_sled, verification};
 use crate::store::ResendRules;
 
 fn payload(n: u32) -> Vec<u8> {
@@ -298,6 +298,15 @@ async fn the_log_brings_back_what_sled_had_not_flushed() {
     assert_eq!(store.get(&v.id).unwrap().unwrap(), expected);
 }
 
+/// Waits (10 s at most) for segment `number` of `dir` to be deleted.
+fn wait_until_deleted(dir: &Path, number: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while segments(dir).unwrap().contains(&number) {
+        assert!(Instant::now() < deadline, "segment {number} is still there");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn segments_are_deleted_once_a_flush_covers_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,11 +323,7 @@ fn segments_are_deleted_once_a_flush_covers_them() {
     for _ in 1..SEGMENTS_PER_CHECKPOINT {
         log.checkpoint(&checkpoints).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while segments(dir.path()).unwrap().contains(&1) {
-        assert!(Instant::now() < deadline, "segment 1 is still there");
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_deleted(dir.path(), 1);
 }
 
 #[test]
@@ -333,12 +338,8 @@ fn a_checkpoint_saves_what_only_memory_had_before_it_deletes_segments() {
     let checked = Verification::clone(&checked);
     let limit = Limit::per(3600, 100);
     store.add_counted(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001).unwrap();
-    let in_sled = |store: &SledStore| -> Verification {
-        let tree = store.verifications.tree_for_new();
-        super::super::decode(&tree.get(v.id.as_str()).unwrap().unwrap()).unwrap()
-    };
     let key = counters::key(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001);
-    assert_eq!(in_sled(&store), v, "sled does not have the check yet");
+    assert_eq!(in_sled(&store, &v), v, "sled does not have the check yet");
     assert!(store.counters.get(&key).unwrap().is_none());
     assert_eq!(store.get(&v.id).unwrap().unwrap(), checked, "memory answers with it");
 
@@ -350,12 +351,8 @@ fn a_checkpoint_saves_what_only_memory_had_before_it_deletes_segments() {
     for _ in 0..SEGMENTS_PER_CHECKPOINT {
         log.checkpoint(&checkpoints).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while segments(dir.path()).unwrap().contains(&1) {
-        assert!(Instant::now() < deadline, "segment 1 is still there");
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(in_sled(&store), checked);
+    wait_until_deleted(dir.path(), 1);
+    assert_eq!(in_sled(&store, &v), checked);
     assert_eq!(counters::read(store.counters.get(&key).unwrap()), 1);
     assert_eq!(store.get(&v.id).unwrap().unwrap(), checked);
 }
