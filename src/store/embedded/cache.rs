@@ -206,10 +206,15 @@ impl Locked<'_> {
     /// Writes `v` (whose id is the locked one) to sled and keeps it.
     pub(super) fn put(&mut self, v: Verification) -> Result<Arc<Verification>, StoreError> {
         debug_assert_eq!(v.id.as_str(), self.id);
-        // Dropped first: if the write fails, sled's value is unknown.
-        self.shard.remove(self.id.as_bytes());
         let v = Arc::new(v);
-        write(self.tree, self.id.as_bytes(), &v)?;
+        if let Err(e) = write(self.tree, self.id.as_bytes(), &v) {
+            // What memory had stays if sled never had it; otherwise sled
+            // is read again.
+            if self.shard.get(self.id.as_bytes()).is_some_and(|e| !e.unsaved) {
+                self.shard.remove(self.id.as_bytes());
+            }
+            return Err(e);
+        }
         self.keep(Entry { v: v.clone(), unsaved: false })?;
         Ok(v)
     }
