@@ -73,16 +73,6 @@ impl<V> Shards<V> {
             f(&mut shard.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
-
-    /// Every shard in turn, with a way to lock it, as often as needed.
-    pub(super) fn each_unlocked<'a>(
-        &'a self,
-        mut f: impl FnMut(&dyn Fn() -> MutexGuard<'a, Map<V>>),
-    ) {
-        for shard in &self.shards {
-            f(&|| shard.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-    }
 }
 
 /// Inserts into a shard; returns the entry dropped to make room, if one

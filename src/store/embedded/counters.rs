@@ -140,34 +140,21 @@ impl Logged {
         Ok(())
     }
 
-    /// Writes every count that sled does not have yet to sled (unflushed).
-    /// A shard is locked only to copy its counts and then to mark them
-    /// saved, not while sled writes them.
+    /// Writes every count that sled does not have yet to sled (unflushed),
+    /// one at a time under its shard's lock, as verifications are saved.
     pub(super) fn save(&self) -> Result<(), sled::Error> {
-        let mut result = Ok(());
-        self.cache.each_unlocked(|shard| {
-            if result.is_err() {
-                return;
-            }
-            let unsaved: Vec<(Box<[u8]>, u64)> = {
-                let shard = shard();
-                shard.iter().filter(|(_, c)| c.unsaved).map(|(k, c)| (k.clone(), c.count)).collect()
-            };
-            for (key, count) in &unsaved {
-                if let Err(e) = self.raise(key, *count) {
-                    result = Err(e);
-                    return;
-                }
-            }
-            let mut shard = shard();
-            for (key, count) in unsaved {
-                // A count that moved on meanwhile stays for the next save.
-                if let Some(c) = shard.get_mut(&key).filter(|c| c.count == count) {
-                    c.unsaved = false;
-                }
-            }
+        let mut keys = Vec::new();
+        self.cache.each(|shard| {
+            keys.extend(shard.iter().filter(|(_, c)| c.unsaved).map(|(k, _)| k.clone()));
         });
-        result
+        for key in keys {
+            let mut shard = self.cache.lock(&key);
+            if let Some(c) = shard.get_mut(&key).filter(|c| c.unsaved) {
+                self.raise(&key, c.count)?;
+                c.unsaved = false;
+            }
+        }
+        Ok(())
     }
 
     /// Drops the counts of windows that ended at or before `now`.

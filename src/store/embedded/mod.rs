@@ -7,7 +7,8 @@
 //! exceptions are [`SledStore::record_statuses`], durable when it returns, and
 //! a check, made durable by [`SledStore::commit_check`]: both go through the
 //! write-ahead log (see `wal.rs`), and what they change is kept in memory
-//! and reaches sled only at the log's checkpoints (see `cache.rs`).
+//! and reaches sled later, at the latest at the log's next checkpoint (see
+//! `cache.rs`).
 //!
 //! Verifications and the message index are read and written through
 //! `cache.rs`, never through their trees directly.
