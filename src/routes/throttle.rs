@@ -11,10 +11,19 @@ use actix_web::HttpRequest;
 use crate::clock::UnixTime;
 use crate::domain::Limit;
 
+/// Whose calls are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// The API key, shared by every address that uses it.
+    ApiKey,
+    /// One client address; `None` when the peer's is unknown.
+    Address(Option<IpAddr>),
+}
+
 /// Counts in fixed windows; forgets windows that ended.
 pub struct ClientLimiter {
     limit: Limit,
-    counts: Mutex<HashMap<String, (UnixTime, u64)>>,
+    counts: Mutex<HashMap<Subject, (UnixTime, u64)>>,
 }
 
 /// How many subjects are remembered before ended windows are swept out.
@@ -27,13 +36,13 @@ impl ClientLimiter {
 
     /// Counts a call by `subject`, allowed `share` times the limit;
     /// `Err(retry_after)` past it.
-    pub fn hit(&self, subject: &str, now: UnixTime, share: u64) -> Result<(), i64> {
+    pub fn hit(&self, subject: Subject, now: UnixTime, share: u64) -> Result<(), i64> {
         let end = self.limit.window_end(now);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if counts.len() > SWEEP_ABOVE {
             counts.retain(|_, (window_end, _)| *window_end > now);
         }
-        let entry = counts.entry(subject.to_owned()).or_insert((end, 0));
+        let entry = counts.entry(subject).or_insert((end, 0));
         if entry.0 != end {
             *entry = (end, 0);
         }
@@ -72,12 +81,14 @@ mod tests {
     #[test]
     fn counts_per_subject_and_rolls_over() {
         let limiter = ClientLimiter::per_minute(2);
-        assert_eq!(limiter.hit("a", 60, 1), Ok(()));
-        assert_eq!(limiter.hit("a", 119, 1), Ok(()));
-        assert_eq!(limiter.hit("a", 119, 1), Err(1));
-        assert_eq!(limiter.hit("b", 119, 1), Ok(()));
-        assert_eq!(limiter.hit("a", 120, 1), Ok(()));
-        assert_eq!(limiter.hit("k", 120, 3), Ok(()));
+        let a = Subject::Address(Some("192.0.2.1".parse().unwrap()));
+        let b = Subject::Address(None);
+        assert_eq!(limiter.hit(a, 60, 1), Ok(()));
+        assert_eq!(limiter.hit(a, 119, 1), Ok(()));
+        assert_eq!(limiter.hit(a, 119, 1), Err(1));
+        assert_eq!(limiter.hit(b, 119, 1), Ok(()));
+        assert_eq!(limiter.hit(a, 120, 1), Ok(()));
+        assert_eq!(limiter.hit(Subject::ApiKey, 120, 3), Ok(()));
     }
 
     #[test]

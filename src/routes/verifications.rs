@@ -15,7 +15,7 @@ use crate::domain::{
     VerificationId, VerificationStatus,
 };
 use crate::error::{ApiError, Throttle};
-use crate::routes::throttle::client_address;
+use crate::routes::throttle::{client_address, Subject};
 use crate::routes::{read_json, AppState, Authenticated};
 use crate::store::{
     send_hits, Counter, IdempotencyRecord, NoResend, NotCreated, Refused, ResendRules,
@@ -129,10 +129,9 @@ fn throttle_client(state: &AppState, req: &HttpRequest, now: UnixTime) -> Result
     let refused =
         |retry_after| ApiError::TooManyRequests { throttle: Throttle::Client, retry_after };
     let header = state.limits.trusted_proxy_header.as_deref();
-    let address =
-        client_address(req, header).map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    state.clients.hit(&format!("address|{address}"), now, 1).map_err(refused)?;
-    state.clients.hit("api-key", now, API_KEY_SHARE).map_err(refused)
+    let address = Subject::Address(client_address(req, header));
+    state.clients.hit(address, now, 1).map_err(refused)?;
+    state.clients.hit(Subject::ApiKey, now, API_KEY_SHARE).map_err(refused)
 }
 
 /// How many addresses' worth of calls the API key may make.
