@@ -29,29 +29,44 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    // Grown as bytes arrive: a declared length reserves nothing up front,
-    // so a client cannot make the server hold memory it never sends.
-    let mut buffer =
-        BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(64 * 1024).min(limit));
     let read = async {
+        // A body that arrives in one chunk (most do) is taken as it is;
+        // the buffer is made only for a second one.
+        let mut first: Option<Bytes> = None;
+        let mut buffer = BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| ApiError::BodyUnreadable(e.to_string()))?;
-            if buffer.len() + chunk.len() > limit {
+            let held = first.as_ref().map_or(0, Bytes::len) + buffer.len();
+            if held + chunk.len() > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
+            }
+            if first.is_none() && buffer.is_empty() {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(first) = first.take() {
+                // Grown as bytes arrive: a declared length reserves at most
+                // 64 KiB up front, so a client cannot make the server hold
+                // memory it never sends.
+                let expected = declared.unwrap_or(8 * 1024).min(64 * 1024).min(limit);
+                buffer.reserve(expected.max(first.len() + chunk.len()));
+                buffer.extend_from_slice(&first);
             }
             buffer.extend_from_slice(&chunk);
         }
-        Ok(())
+        Ok(match first {
+            Some(only) => only,
+            None => buffer.freeze(),
+        })
     };
     // A slow client holds its connection for a bounded time, never forever.
     let deadline = req
         .app_data::<web::Data<AppState>>()
         .map_or(DEFAULT_DEADLINE, |state| state.request_timeout);
     match tokio::time::timeout(deadline, read).await {
-        Ok(result) => result?,
-        Err(_) => return Err(ApiError::RequestTimeout(deadline.as_secs())),
+        Ok(result) => result,
+        Err(_) => Err(ApiError::RequestTimeout(deadline.as_secs())),
     }
-    Ok(buffer.freeze())
 }
 
 /// Reads a small JSON body into `T`; any failure is a 400 that says why.

@@ -83,8 +83,12 @@ pub(super) fn insert<V>(
     key: &[u8],
     value: V,
 ) -> Option<(Box<[u8]>, V)> {
+    if let Some(held) = map.get_mut(key) {
+        *held = value;
+        return None;
+    }
     let mut dropped = None;
-    if map.len() >= per_shard && !map.contains_key(key) {
+    if map.len() >= per_shard {
         if let Some(victim) = map.keys().next().cloned() {
             dropped = map.remove_entry(&victim);
         }
