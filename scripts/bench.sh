@@ -22,7 +22,7 @@ temporary data directory and a free 127.0.0.1 port, creates verifications,
 and measures three scenarios with wrk, one after the other:
 
   ceiling     GET /healthz (does nothing: the most server and client can do)
-  webhook     POST /webhook, signed Meta status bodies (1-7 KB; sent, delivered,
+  webhook     POST /webhook, signed Meta status bodies (0.6-3.9 KB; sent, delivered,
               read, failed; 15% batches) for the verifications created
   check-code  POST /v1/verifications/{id}/check with a wrong code, round robin
               over the verifications (each answers 200 twenty times, then 409)
