@@ -523,6 +523,10 @@ awk -v pool="$pool" -v sent="$webhook_requests" -v n="$verifications" \
       n, 20 * n, checks
     printf "            (every check sends 000000; the rare verification whose code it is,\n"
     printf "            one in a million, is approved once and then answers 409)\n"
+    if (checks > 20 * n)
+      printf "            NOTE: more checks than tries: the later ones were 409s, so the\n" \
+        "            check-code row does not measure real checks; raise -n to %d or more\n", \
+        int((checks + 19) / 20)
   }'
 # The start-up line is a warning too; anything else the server warned about
 # (a refused sandbox webhook, a failed flush) bears on the figures.

@@ -3,11 +3,12 @@
 //! The span carries the method, the path (never the query string: the
 //! webhook handshake puts the verify token there) and a request id that is
 //! also sent back as `X-Request-Id`. A path holds only verification ids
-//! when clients use the API as documented; one that put a phone number in
-//! it would not see it logged: any segment but an id has runs of digits
-//! that look like a number masked. The route pattern is not looked up: that costs a
+//! when clients use the API as documented; one that put a phone number or a
+//! code in it would not see it logged, nor could a path forge log lines
+//! (see `LoggedPath`). The route pattern is not looked up: that costs a
 //! second regex walk of the routing table on every request.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -54,23 +55,62 @@ pub async fn trace_request(
 }
 
 /// A request's path as it is logged (formatted only if the span is).
+///
+/// The path is the client's, unauthenticated, so what is logged of it is
+/// made harmless: numbers are masked (a run that looks like a phone number
+/// as `[number]`, then every digit of a segment that still has four or
+/// more, which covers codes and numbers written with other separators);
+/// control characters, line separators and bidirectional overrides are
+/// escaped, so that a decoded `%0a` cannot start a forged log line nor
+/// `%1b` drive a terminal; and only the first `MAX_LOGGED_PATH` characters
+/// are kept.
 struct LoggedPath<'a>(&'a str);
+
+/// Characters of a path that are logged; the rest is cut, with `…`.
+const MAX_LOGGED_PATH: usize = 256;
 
 impl std::fmt::Display for LoggedPath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = String::new();
         for (i, segment) in self.0.split('/').enumerate() {
             if i > 0 {
-                f.write_str("/")?;
+                shown.push('/');
+            }
+            if shown.chars().count() > MAX_LOGGED_PATH {
+                break;
             }
             if crate::domain::VerificationId::parse(segment).is_some() {
-                f.write_str(segment)?;
+                shown.push_str(segment);
             } else {
                 // Decoded first, so that `%2b1%20555...` is seen as a number.
-                f.write_str(&crate::domain::redact_numbers(&percent_decoded(segment)))?;
+                let masked = crate::domain::redact_numbers(&percent_decoded(segment));
+                if masked.chars().filter(char::is_ascii_digit).count() >= 4 {
+                    shown.extend(masked.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }));
+                } else {
+                    shown.push_str(&masked);
+                }
+            }
+        }
+        for (n, c) in shown.chars().enumerate() {
+            if n == MAX_LOGGED_PATH {
+                return f.write_str("…");
+            }
+            if unsafe_in_a_log(c) {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                f.write_char(c)?;
             }
         }
         Ok(())
     }
+}
+
+/// Characters that would let text in a log line pass for something else:
+/// controls (line breaks and terminal escapes among them), Unicode line
+/// and paragraph separators, and bidirectional overrides.
+fn unsafe_in_a_log(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `%XX` escapes replaced by their bytes (invalid ones kept as they are).
@@ -110,5 +150,27 @@ mod tests {
         assert_eq!(LoggedPath("/v1/x/15550100001/y").to_string(), "/v1/x/[number]/y");
         assert_eq!(LoggedPath("/x/%2b1%20555%20123%204567").to_string(), "/x/[number]");
         assert_eq!(LoggedPath("/x/100%25/%zz").to_string(), "/x/100%/%zz");
+        assert_eq!(LoggedPath("/x/%2b1%5f555%5f0100%5f001").to_string(), "/x/+#_###_####_###");
+        assert_eq!(LoggedPath("/v1/verifications/123456").to_string(), "/v1/verifications/######");
+        assert_eq!(LoggedPath("/sandbox/graph/v21.0").to_string(), "/sandbox/graph/v21.0");
+    }
+
+    #[test]
+    fn nothing_in_a_path_can_forge_a_log_line_or_reach_a_terminal() {
+        let logged = LoggedPath(
+            "/x%0a2026-12-05T00:00:00Z%20ERROR%20forged%0d%1b[31mred/%00/%e2%80%a8/%e2%80%ae",
+        )
+        .to_string();
+        assert!(!logged.chars().any(super::unsafe_in_a_log), "{logged:?}");
+        assert!(logged.contains("\\u{a}") && logged.contains("\\u{1b}"), "{logged:?}");
+        assert!(logged.contains("\\u{2028}") && logged.contains("\\u{202e}"), "{logged:?}");
+    }
+
+    #[test]
+    fn long_paths_are_cut() {
+        let path = format!("/{}", "a".repeat(70_000));
+        let logged = LoggedPath(&path).to_string();
+        assert_eq!(logged.chars().count(), super::MAX_LOGGED_PATH + 1);
+        assert!(logged.ends_with('…'));
     }
 }

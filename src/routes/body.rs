@@ -21,14 +21,7 @@ pub async fn read_limited(
     mut payload: Payload,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
+    let declared = declared_length(req, limit)?;
     let read = async {
         // A body that arrives in one chunk (most do) is taken as it is;
         // the buffer is made only for a second one.
@@ -67,6 +60,20 @@ pub async fn read_limited(
         Ok(result) => result,
         Err(_) => Err(ApiError::RequestTimeout(deadline.as_secs())),
     }
+}
+
+/// The body's length as `Content-Length` declares it, refused at once when
+/// it is over `limit`.
+pub fn declared_length(req: &HttpRequest, limit: usize) -> Result<Option<usize>, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(declared)
 }
 
 /// Reads a small JSON body into `T`; any failure is a 400 that says why.

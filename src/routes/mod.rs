@@ -24,7 +24,7 @@ use crate::store::{Store, Sweeper};
 use crate::whatsapp::WebhookVerifier;
 
 pub use auth::{Authenticated, SecretDigest};
-pub use body::{read_json, read_limited};
+pub use body::{declared_length, read_json, read_limited};
 pub use throttle::ClientLimiter;
 pub use verifications::VerificationView;
 

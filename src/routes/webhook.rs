@@ -10,7 +10,7 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 use crate::fallback;
-use crate::routes::{read_limited, AppState};
+use crate::routes::{declared_length, read_limited, AppState};
 use crate::store::StatusUpdate;
 use crate::whatsapp::payload::{self, StatusReport};
 use crate::whatsapp::signature::{self, SignatureError};
@@ -59,18 +59,22 @@ pub async fn receive(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&req, body, WEBHOOK_LIMIT).await?;
+    let refused = |e| match e {
+        SignatureError::Missing => ApiError::SignatureMissing(signature::HEADER),
+        SignatureError::Malformed => ApiError::SignatureMalformed(signature::HEADER),
+        SignatureError::Mismatch => ApiError::SignatureMismatch(signature::HEADER),
+    };
+    declared_length(&req, WEBHOOK_LIMIT)?;
     let mut headers = req.headers().get_all(signature::HEADER);
     let header = headers.next().map(|v| v.as_bytes());
     if headers.next().is_some() {
         // Two signatures are never Meta's; refuse rather than pick one.
         return Err(ApiError::SignatureMalformed(signature::HEADER));
     }
-    state.webhook.verify(header, &body).map_err(|e| match e {
-        SignatureError::Missing => ApiError::SignatureMissing(signature::HEADER),
-        SignatureError::Malformed => ApiError::SignatureMalformed(signature::HEADER),
-        SignatureError::Mismatch => ApiError::SignatureMismatch(signature::HEADER),
-    })?;
+    // Without a well-formed signature the body is not even read.
+    let tag = signature::claimed_tag(header).map_err(refused)?;
+    let body = read_limited(&req, body, WEBHOOK_LIMIT).await?;
+    state.webhook.matches(&tag, &body).map_err(refused)?;
     let parsed = payload::parse(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 
     let now = state.clock.now();

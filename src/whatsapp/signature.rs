@@ -34,16 +34,26 @@ impl WebhookVerifier {
     /// `header` is the header's raw value, if any. The comparison is ring's
     /// constant-time `hmac::verify`.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
-        let header = header.ok_or(SignatureError::Missing)?;
-        let tag = parse_header(header).ok_or(SignatureError::Malformed)?;
+        self.matches(&claimed_tag(header)?, body)
+    }
+
+    /// Whether `tag` (from [`claimed_tag`]) is the body's.
+    pub fn matches(&self, tag: &[u8; 32], body: &[u8]) -> Result<(), SignatureError> {
         let matched =
-            self.keys.iter().fold(false, |ok, key| ok | hmac::verify(key, body, &tag).is_ok());
+            self.keys.iter().fold(false, |ok, key| ok | hmac::verify(key, body, tag).is_ok());
         if matched {
             Ok(())
         } else {
             Err(SignatureError::Mismatch)
         }
     }
+}
+
+/// The tag a header claims, read before the body: a request without a
+/// well-formed one is refused without reading what it sends.
+pub fn claimed_tag(header: Option<&[u8]>) -> Result<[u8; 32], SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    parse_header(header).ok_or(SignatureError::Malformed)
 }
 
 /// `sha256=` and 64 hex digits. Meta sends lowercase; uppercase is accepted

@@ -1514,6 +1514,37 @@ async fn chunked_bodies_are_read_up_to_the_limit_and_refused_past_it() {
     }
 }
 
+/// A webhook without a usable signature is refused on its head: the body
+/// it announces is never waited for.
+#[actix_web::test]
+async fn an_unsigned_webhook_is_refused_before_its_body_is_sent() {
+    let app = spawn_app().await;
+    let addr = address(&app);
+    let cases = [
+        (String::new(), "signature-missing"),
+        ("x-hub-signature-256: sha256=00\r\n".to_owned(), "signature-malformed"),
+    ];
+    for (headers, problem) in cases {
+        let head = format!(
+            "POST /webhook HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+             {headers}content-length: {}\r\n\r\n",
+            1 << 20
+        );
+        let reply = blocking(move || {
+            let mut stream = TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let started = Instant::now();
+            stream.write_all(head.as_bytes())?;
+            read_reply(&mut stream, started)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{problem}: no answer: {e}"));
+        assert_eq!(reply.status, 401, "{reply:?}");
+        assert_eq!(reply.problem().as_deref(), Some(problem), "{reply:?}");
+        assert!(reply.elapsed < Duration::from_secs(2), "{problem}: {:?}", reply.elapsed);
+    }
+}
+
 /// A head, with `extra` header lines, and part of a body; then nothing.
 fn stall(addr: SocketAddr, path: &str, extra: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
