@@ -16,8 +16,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
+
+use crate::routes::AppState;
 
 /// Installs the global subscriber. A second call (tests start many apps in
 /// one process) keeps the first.
@@ -45,7 +48,11 @@ pub async fn trace_request(
         request_id = %request_id,
     );
     let started = Instant::now();
+    // Counted while its handler runs: the write-ahead log needs to know
+    // when every request in the server waits for it.
+    let serving = req.app_data::<web::Data<AppState>>().and_then(|state| state.store.serving());
     let mut response = next.call(req).instrument(span.clone()).await?;
+    drop(serving);
     let latency_us = started.elapsed().as_micros() as u64;
     tracing::info!(parent: &span, status = response.status().as_u16(), latency_us, "request finished");
     if let Ok(value) = HeaderValue::from_str(&request_id) {

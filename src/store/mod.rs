@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::settings::{Settings, StoreSettings};
 
 pub use counter::{send_hits, Counter, Refused};
-pub use embedded::{Purged, SledStore};
+pub use embedded::{Purged, Serving, SledStore};
 pub use shared::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +204,16 @@ impl Store {
         match &self.backend {
             Backend::Sled(s) => s.commit().await,
             Backend::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Counts a request as being served, for as long as the guard lives:
+    /// on sled, the write-ahead log syncs without waiting for more records
+    /// once every request being served waits for it.
+    pub fn serving(&self) -> Option<Serving> {
+        match &self.backend {
+            Backend::Sled(s) => s.serving(),
+            Backend::Redis(_) => None,
         }
     }
 

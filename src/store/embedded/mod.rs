@@ -57,6 +57,7 @@ use cache::{Messages, Verifications};
 use commit::GroupCommit;
 
 pub use purge::{Purged, Sweeper};
+pub use wal::Serving;
 
 use super::{
     resend_refusal, Counter, Failure, IdempotencyRecord, NoResend, NotCreated, ResendRules,
@@ -210,6 +211,13 @@ impl SledStore {
     /// Waits until every write made before the call is on disk.
     pub async fn commit(&self) -> Result<(), StoreError> {
         self.commit.flush().await
+    }
+
+    /// Counts a request as being served until the guard is dropped: the
+    /// write-ahead log syncs at once when every request served waits for
+    /// it. `None` without a log.
+    pub fn serving(&self) -> Option<Serving> {
+        self.wal.as_ref().map(wal::Wal::serving)
     }
 
     /// Whether the store answers reads.

@@ -44,7 +44,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,11 +74,13 @@ const SEGMENTS_PER_CHECKPOINT: u32 = 4;
 /// keep old records to replay.
 const CHECKPOINT_AGE: Duration = Duration::from_secs(60);
 
-/// The shortest time between the starts of two syncs: at most 400
-/// microseconds more before an answer, for far fewer syncs under load. On
-/// this project's 2-core benchmark, a gap of a millisecond left a core
-/// partly idle (requests waited for the sync, not for CPU), and none at all
-/// cost about 10 more microseconds of CPU per webhook.
+/// The longest a sync waits for more records, after the start of the one
+/// before: at most 400 microseconds more before an answer, for far fewer
+/// syncs under load. It waits less when every request being served is
+/// already waiting for it (see [`Pressure`]). On this project's 2-core
+/// benchmark a gap of a millisecond left a core partly idle (requests
+/// waited for the sync, not for CPU), and 250 µs cost more CPU per request
+/// than it saved in waiting.
 const MIN_GAP: Duration = Duration::from_micros(400);
 
 const HEADER: usize = 8;
@@ -126,6 +129,52 @@ type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 #[derive(Clone)]
 pub(super) struct Wal {
     jobs: mpsc::Sender<Job>,
+    pressure: Arc<Pressure>,
+}
+
+/// What tells the log thread that waiting longer gathers nothing more: how
+/// many requests the server is serving, and how many of those wait for a
+/// sync. When they are the same, no record is coming until the sync
+/// answers them, and waiting out the gap would only leave the cores idle.
+#[derive(Default)]
+struct Pressure {
+    serving: AtomicUsize,
+    waiting: AtomicUsize,
+    log_thread: OnceLock<thread::Thread>,
+}
+
+impl Pressure {
+    fn all_waiting(&self) -> bool {
+        let waiting = self.waiting.load(Relaxed);
+        waiting > 0 && waiting >= self.serving.load(Relaxed)
+    }
+
+    fn wake_if_all_waiting(&self) {
+        if self.all_waiting() {
+            if let Some(thread) = self.log_thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+}
+
+/// Held while a request is being served (see [`Pressure`]).
+pub struct Serving(Arc<Pressure>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Relaxed);
+        self.0.wake_if_all_waiting();
+    }
+}
+
+/// Held while a record waits for its sync, however that wait ends.
+struct Waiting<'a>(&'a Pressure);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Wal {
@@ -180,23 +229,38 @@ impl Wal {
             store.db.flush()?;
             tracing::info!(segments = segments.len(), records, "write-ahead log replayed");
         }
-        let wal =
-            Self::start(Directory::new(dir.to_owned()), next, store.commit.clone(), saver(store))?;
+        let disk = Directory::new(dir.to_owned());
+        let wal = Self::start(disk, next, store.commit.clone(), saver(store), MIN_GAP)?;
         remove_before(dir, next)?;
         Ok(wal)
     }
 
     /// Starts the thread that appends to segment `number` of `disk`.
     /// `save` writes to sled what records hold and only memory has, at
-    /// each checkpoint.
-    fn start<D: Disk>(disk: D, number: u64, commit: GroupCommit, save: Save) -> io::Result<Self> {
+    /// each checkpoint; `gap` is the longest a sync waits for more records.
+    fn start<D: Disk>(
+        disk: D,
+        number: u64,
+        commit: GroupCommit,
+        save: Save,
+        gap: Duration,
+    ) -> io::Result<Self> {
         let log = Log::start(Arc::new(disk), number)?;
         let checkpoints = Checkpoints::start(commit, save)?;
         let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
+        let pressure = Arc::new(Pressure::default());
+        let shared = pressure.clone();
+        let thread = thread::Builder::new()
             .name("waverify-log".into())
-            .spawn(move || log_loop(log, &checkpoints, &rx))?;
-        Ok(Self { jobs: tx })
+            .spawn(move || log_loop(log, &checkpoints, &rx, &shared, gap))?;
+        let _ = pressure.log_thread.set(thread.thread().clone());
+        Ok(Self { jobs: tx, pressure })
+    }
+
+    /// Counts a request as being served until the guard is dropped.
+    pub(super) fn serving(&self) -> Serving {
+        self.pressure.serving.fetch_add(1, Relaxed);
+        Serving(self.pressure.clone())
     }
 
     /// Applies a webhook body's statuses, in the caller's thread, and
@@ -224,6 +288,9 @@ impl Wal {
         }
         let (reply, answer) = oneshot::channel();
         self.jobs.send((payload, reply)).map_err(|_| StoreError::CommitterGone)?;
+        self.pressure.waiting.fetch_add(1, Relaxed);
+        let _waiting = Waiting(&self.pressure);
+        self.pressure.wake_if_all_waiting();
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(StoreError::Flush(reason)),
@@ -510,17 +577,29 @@ impl Checkpoints {
     }
 }
 
-fn log_loop<D: Disk>(mut log: Log<D>, checkpoints: &Checkpoints, rx: &mpsc::Receiver<Job>) {
+fn log_loop<D: Disk>(
+    mut log: Log<D>,
+    checkpoints: &Checkpoints,
+    rx: &mpsc::Receiver<Job>,
+    pressure: &Pressure,
+    gap: Duration,
+) {
     let mut buffer = Vec::new();
     let mut replies = Vec::new();
-    let mut last_sync = Instant::now() - MIN_GAP;
+    let mut last_sync = Instant::now() - gap;
     let mut checkpoint_failed = false;
     // Ends when every `Wal` handle is dropped.
     while let Ok(first) = rx.recv() {
         // Under load, let records gather: each sync costs the kernel about
-        // the same whatever it carries. When idle, sync at once.
-        if let Some(wait) = MIN_GAP.checked_sub(last_sync.elapsed()) {
-            thread::sleep(wait);
+        // the same whatever it carries. When idle, or when every request
+        // being served already waits for this sync, sync at once.
+        let deadline = last_sync + gap;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || pressure.all_waiting() {
+                break;
+            }
+            thread::park_timeout(deadline - now);
         }
         last_sync = Instant::now();
         // Records are taken only once they were applied to sled (or, for

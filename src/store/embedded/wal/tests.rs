@@ -111,7 +111,8 @@ fn memory_store() -> SledStore {
 async fn a_record_is_on_disk_before_it_is_answered() {
     let store = memory_store();
     let disk = Arc::new(Forgetful::default());
-    let wal = Wal::start(disk.clone(), 1, store.commit.clone(), Box::new(|| Ok(()))).unwrap();
+    let wal =
+        Wal::start(disk.clone(), 1, store.commit.clone(), Box::new(|| Ok(())), MIN_GAP).unwrap();
     let check = |n: u32| CheckRecord {
         id: VerificationId::parse(&format!("{n:032x}")).unwrap(),
         attempts_left: n,
@@ -137,6 +138,53 @@ async fn a_record_is_on_disk_before_it_is_answered() {
     });
     join_all(answers).await;
     assert_eq!(disk.after_power_loss().len(), 300);
+}
+
+fn check_record(n: u32) -> CheckRecord {
+    CheckRecord {
+        id: VerificationId::parse(&format!("{n:032x}")).unwrap(),
+        attempts_left: n,
+        status: VerificationStatus::Pending,
+        approved_channel: None,
+        wrong_codes: None,
+    }
+}
+
+/// Times one append that starts now.
+async fn timed_append(wal: &Wal, n: u32) -> Duration {
+    let started = Instant::now();
+    wal.append(&EntryRef::Check(&check_record(n))).await.unwrap();
+    started.elapsed()
+}
+
+#[actix_web::test]
+async fn a_sync_waits_for_more_records_only_while_a_request_being_served_does_not_wait() {
+    let store = memory_store();
+    let disk = Arc::new(Forgetful::default());
+    let gap = Duration::from_secs(2);
+    let wal = Wal::start(disk, 1, store.commit.clone(), Box::new(|| Ok(())), gap).unwrap();
+    assert!(timed_append(&wal, 1).await < gap / 2, "an idle log syncs at once");
+
+    // The only request being served is the one waiting: nothing more can
+    // come, so the sync starts at once rather than `gap` after the last.
+    let first = wal.serving();
+    assert!(timed_append(&wal, 2).await < gap / 2, "the sync waited for nobody");
+
+    // Another request is served and not waiting: its record may come, and
+    // the sync waits the gap out for it...
+    let second = wal.serving();
+    let waited = timed_append(&wal, 3).await;
+    assert!(waited >= gap * 9 / 10, "the sync did not wait: {waited:?}");
+
+    // ...unless that request ends meanwhile.
+    let appending = timed_append(&wal, 4);
+    let ending = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(second);
+    };
+    let (waited, ()) = tokio::join!(appending, ending);
+    assert!(waited < gap / 2, "the end of the other request did not start the sync: {waited:?}");
+    drop(first);
 }
 
 /// What `commit_check` would log for `v`.
