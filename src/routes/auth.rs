@@ -43,11 +43,14 @@ fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?;
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| bearer(value.as_bytes()))
-        .ok_or(ApiError::Unauthorized)?;
+    // Two Authorization headers are refused rather than one of them picked:
+    // a proxy and the server must not disagree about who is calling.
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => bearer(value.as_bytes()),
+        _ => None,
+    }
+    .ok_or(ApiError::Unauthorized)?;
     if state.api_key.matches(presented) {
         Ok(Authenticated)
     } else {

@@ -76,16 +76,79 @@ pub fn declared_length(req: &HttpRequest, limit: usize) -> Result<Option<usize>,
     Ok(declared)
 }
 
-/// Reads a small JSON body into `T`; any failure is a 400 that says why.
+/// Reads a small JSON body into `T`. A body declared too large is a 413 and
+/// one not declared as JSON a 415, both before it is read; any other
+/// failure is a 400 that says why.
 pub async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
     payload: Payload,
     limit: usize,
 ) -> Result<T, ApiError> {
+    declared_length(req, limit)?;
+    if !declared_json(req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
     let bytes = read_limited(req, payload, limit).await?;
     // serde would also read a struct from a JSON array of its fields.
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::InvalidBody("the body must be a JSON object".into()));
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidBody(format!("invalid JSON: {e}")))
+}
+
+/// Whether the one `Content-Type` the request carries is JSON:
+/// `application/json` or a `+json` type, in any case, with parameters
+/// allowed except a charset other than UTF-8 (JSON has no other).
+fn declared_json(req: &HttpRequest) -> bool {
+    let mut values = req.headers().get_all(header::CONTENT_TYPE);
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    value.to_str().is_ok_and(is_json_media_type)
+}
+
+fn is_json_media_type(value: &str) -> bool {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
+    };
+    let utf8 = parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    json && utf8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn json_media_types() {
+        for accepted in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/problem+json",
+        ] {
+            assert!(is_json_media_type(accepted), "{accepted}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=latin1",
+            "application/jsonp",
+            "json",
+        ] {
+            assert!(!is_json_media_type(refused), "{refused}");
+        }
+    }
 }

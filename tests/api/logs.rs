@@ -55,7 +55,9 @@ async fn call(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
         .request(method, url)
         .insert_header(("authorization", format!("Bearer {}", dev::API_KEY)));
     let mut res = match body {
-        Some(b) => req.send_body(b.to_owned()).await,
+        Some(b) => {
+            req.insert_header(("content-type", "application/json")).send_body(b.to_owned()).await
+        }
         None => req.send().await,
     }
     .unwrap();

@@ -1404,6 +1404,42 @@ async fn nasty_headers_get_4xx() {
             vec![line("authorization", "Bearer wrong"), line("authorization", &auth), json.clone()],
             Want::Problem(401, "unauthorized"),
         ),
+        (
+            "the api key twice, the right one first",
+            "/v1/verifications",
+            vec![line("authorization", &auth), line("authorization", "Bearer wrong"), json.clone()],
+            Want::Problem(401, "unauthorized"),
+        ),
+        (
+            "a JSON body without a content type",
+            "/v1/verifications",
+            vec![line("authorization", &auth)],
+            Want::Problem(415, "unsupported-media-type"),
+        ),
+        (
+            "a JSON body sent as a form",
+            "/v1/verifications",
+            vec![
+                line("authorization", &auth),
+                line("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Want::Problem(415, "unsupported-media-type"),
+        ),
+        (
+            "two content types",
+            "/v1/verifications",
+            vec![line("authorization", &auth), json.clone(), line("content-type", "text/plain")],
+            Want::Problem(415, "unsupported-media-type"),
+        ),
+        (
+            "JSON in another charset",
+            "/v1/verifications",
+            vec![
+                line("authorization", &auth),
+                line("content-type", "application/json; charset=utf-16"),
+            ],
+            Want::Problem(415, "unsupported-media-type"),
+        ),
     ];
     for (name, path, headers, want) in cases {
         let request = raw_post(path, &headers, &body);

@@ -26,7 +26,7 @@ async fn a_whole_login_runs_in_the_sandbox() {
         .request(
             "POST",
             "/v1/verifications",
-            &[("authorization", &auth)],
+            &[("authorization", &auth), ("content-type", "application/json")],
             Some(br#"{"to":"+15550100001"}"#.to_vec()),
         )
         .await;
@@ -58,7 +58,7 @@ async fn a_whole_login_runs_in_the_sandbox() {
         .request(
             "POST",
             &format!("{path}/check"),
-            &[("authorization", &auth)],
+            &[("authorization", &auth), ("content-type", "application/json")],
             Some(format!(r#"{{"code":"{code}"}}"#).into_bytes()),
         )
         .await;

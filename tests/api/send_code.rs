@@ -96,6 +96,7 @@ async fn numbers_that_are_not_e164_are_refused_with_the_reason() {
 async fn malformed_bodies_are_400_problems() {
     let app = spawn_app().await;
     let auth = format!("Bearer {API_KEY}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let cases: [&[u8]; 8] = [
         b"",
         b"not json",
@@ -108,20 +109,15 @@ async fn malformed_bodies_are_400_problems() {
     ];
     let arrays: [&[u8]; 2] = [b"[\"+15550001234\"]", b" [\"+15550001234\",\"sms\",\"login\"]"];
     for body in cases {
-        let reply = app
-            .request("POST", "/v1/verifications", &[("authorization", &auth)], Some(body.to_vec()))
-            .await;
+        let reply = app.request("POST", "/v1/verifications", &headers, Some(body.to_vec())).await;
         assert_eq!(reply.problem(400), "invalid-body", "body {:?}", String::from_utf8_lossy(body));
     }
     for body in arrays {
-        let reply = app
-            .request("POST", "/v1/verifications", &[("authorization", &auth)], Some(body.to_vec()))
-            .await;
+        let reply = app.request("POST", "/v1/verifications", &headers, Some(body.to_vec())).await;
         assert_eq!(reply.problem(400), "invalid-body", "a JSON array is no request");
     }
     let huge = vec![b' '; 100_000];
-    let reply =
-        app.request("POST", "/v1/verifications", &[("authorization", &auth)], Some(huge)).await;
+    let reply = app.request("POST", "/v1/verifications", &headers, Some(huge)).await;
     assert_eq!(reply.problem(413), "payload-too-large");
 }
 
