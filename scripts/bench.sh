@@ -428,17 +428,23 @@ run() {
 }
 
 run ceiling ceiling.lua /healthz
-# Resident memory and store size around the webhook run, and at its middle:
-# a long run (-d 40 and more) shows whether they stay flat.
+# Resident memory and store size before the webhook run and at every tenth
+# of it: a long run (-d 60 and more) shows whether they level off.
 rss_webhook_before="$(rss_kib)"
 dir_webhook_before="$(dir_kib)"
-(sleep "$((duration / 2))" && rss_kib >"$work/rss_mid") &
-mid_sampler=$!
+tenth="$(awk -v d="$duration" 'BEGIN { print d / 10 }')"
+(
+  for _ in 1 2 3 4 5 6 7 8 9; do
+    sleep "$tenth"
+    echo "$(rss_kib) $(dir_kib)"
+  done >"$work/samples"
+) &
+sampler=$!
 run webhook webhook.lua /webhook
-wait "$mid_sampler" 2>/dev/null || true
-rss_webhook_mid="$(cat "$work/rss_mid" 2>/dev/null || echo 0)"
+wait "$sampler" 2>/dev/null || true
 rss_webhook_after="$(rss_kib)"
 dir_webhook_after="$(dir_kib)"
+echo "$rss_webhook_after $dir_webhook_after" >>"$work/samples"
 run check-code check.lua /
 # The ceiling again: its rate moves more than the others' from minute to
 # minute on a shared machine, so the ratios are to the mean of the two.
@@ -543,9 +549,10 @@ awk -v a="$rss_start" -v b="$rss_setup" -v c="$rss_end" \
     printf "data dir:   %.1f MiB after setup, %.1f MiB at the end\n", d / 1024, e / 1024
   }'
 awk -v n="$(field requests "${result[webhook]}")" -v a="$rss_webhook_before" \
-  -v m="$rss_webhook_mid" -v b="$rss_webhook_after" -v c="$dir_webhook_before" \
-  -v d="$dir_webhook_after" 'BEGIN {
-    printf "webhook run (%d requests): RSS %.1f MiB before, %.1f MiB halfway, %.1f MiB after;", \
-      n, a / 1024, m / 1024, b / 1024
-    printf " data dir %.1f MiB before, %.1f MiB after\n", c / 1024, d / 1024
-  }'
+  -v c="$dir_webhook_before" '
+    { rss = rss sprintf(" %.1f", $1 / 1024); dir = dir sprintf(" %.1f", $2 / 1024) }
+    END {
+      printf "webhook run (%d requests), MiB before it and at each tenth of it:\n", n
+      printf "    server RSS %.1f |%s\n", a / 1024, rss
+      printf "    data dir   %.1f |%s\n", c / 1024, dir
+    }' "$work/samples"
