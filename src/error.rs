@@ -35,8 +35,8 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("the body could not be read whole")]
     BodyUnreadable(String),
-    #[error("the body must be sent as Content-Type: application/json")]
-    UnsupportedMediaType,
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     #[error("the {0} header is missing")]
     SignatureMissing(&'static str),
     #[error("the {0} header is malformed")]
@@ -137,7 +137,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload too large"),
             Self::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             Self::BodyUnreadable(_) => ("body-unreadable", "Body could not be read"),
-            Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
+            Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::SignatureMissing(_) => ("signature-missing", "Signature missing"),
             Self::SignatureMalformed(_) => ("signature-malformed", "Signature malformed"),
             Self::SignatureMismatch(_) => ("signature-mismatch", "Signature mismatch"),
@@ -172,7 +172,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotPending(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::CountryNotAllowed => StatusCode::FORBIDDEN,

@@ -86,7 +86,21 @@ pub async fn read_json<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     declared_length(req, limit)?;
     if !declared_json(req) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be sent with one Content-Type: application/json",
+        ));
+    }
+    // A compressed body would be read as its compressed bytes: refused
+    // rather than misread.
+    let encoded = req.headers().get_all(header::CONTENT_ENCODING).any(|value| {
+        !value
+            .to_str()
+            .is_ok_and(|v| v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"))
+    });
+    if encoded {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be sent without a Content-Encoding",
+        ));
     }
     let bytes = read_limited(req, payload, limit).await?;
     // serde would also read a struct from a JSON array of its fields.

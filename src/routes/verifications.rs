@@ -443,14 +443,22 @@ pub async fn by_id(
 ) -> Result<HttpResponse, ApiError> {
     use actix_web::http::Method;
     let tail = req.path().strip_prefix("/v1/verifications/").ok_or(ApiError::RouteNotFound)?;
-    let (id, action) = tail.split_once('/').unwrap_or((tail, ""));
+    // `None` is the verification itself; `Some("")`, a trailing slash, is
+    // no route, like an empty id.
+    let (id, action) = match tail.split_once('/') {
+        Some((id, action)) => (id, Some(action)),
+        None => (tail, None),
+    };
+    if id.is_empty() {
+        return Err(ApiError::RouteNotFound);
+    }
     let id = id.to_owned();
     match (action, req.method()) {
-        ("", &Method::GET) => get(auth, id, state).await,
-        ("", _) => Err(ApiError::MethodNotAllowed("GET")),
-        ("check", &Method::POST) => check(auth, req, id, body, state).await,
-        ("cancel", &Method::POST) => cancel(auth, id, state).await,
-        ("check" | "cancel", _) => Err(ApiError::MethodNotAllowed("POST")),
+        (None, &Method::GET) => get(auth, id, state).await,
+        (None, _) => Err(ApiError::MethodNotAllowed("GET")),
+        (Some("check"), &Method::POST) => check(auth, req, id, body, state).await,
+        (Some("cancel"), &Method::POST) => cancel(auth, id, state).await,
+        (Some("check" | "cancel"), _) => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::RouteNotFound),
     }
 }

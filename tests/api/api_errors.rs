@@ -15,6 +15,10 @@ async fn unknown_routes_and_methods_get_problems() {
             405,
             "method-not-allowed",
         ),
+        ("GET", "/v1/verifications/", 404, "not-found"),
+        ("GET", "/v1/verifications/0123456789abcdef0123456789abcdef/", 404, "not-found"),
+        ("POST", "/v1/verifications/0123456789abcdef0123456789abcdef/check/", 404, "not-found"),
+        ("POST", "/v1/verifications//check", 404, "not-found"),
         ("PUT", "/webhook", 405, "method-not-allowed"),
         ("POST", "/healthz", 405, "method-not-allowed"),
     ];

@@ -1432,6 +1432,12 @@ async fn nasty_headers_get_4xx() {
             Want::Problem(415, "unsupported-media-type"),
         ),
         (
+            "a gzipped JSON body",
+            "/v1/verifications",
+            vec![line("authorization", &auth), json.clone(), line("content-encoding", "gzip")],
+            Want::Problem(415, "unsupported-media-type"),
+        ),
+        (
             "JSON in another charset",
             "/v1/verifications",
             vec![
