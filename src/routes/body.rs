@@ -123,9 +123,14 @@ fn declared_json(req: &HttpRequest) -> bool {
 
 fn is_json_media_type(value: &str) -> bool {
     let mut parts = value.split(';');
-    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    // Compared in place: this runs on every check.
+    let essence = parts.next().unwrap_or_default().trim();
     let json = match essence.split_once('/') {
-        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        Some((kind, subtype)) if kind.eq_ignore_ascii_case("application") => {
+            let suffix = subtype.len().checked_sub(5).and_then(|i| subtype.get(i..));
+            subtype.eq_ignore_ascii_case("json")
+                || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+        }
         _ => false,
     };
     let utf8 = parts.all(|parameter| match parameter.split_once('=') {
@@ -150,6 +155,7 @@ mod tests {
             "application/json; charset=utf-8",
             "application/json;charset=\"UTF-8\"",
             "application/problem+json",
+            "APPLICATION/Problem+JSON",
         ] {
             assert!(is_json_media_type(accepted), "{accepted}");
         }
@@ -160,6 +166,8 @@ mod tests {
             "multipart/form-data; boundary=x",
             "application/json; charset=latin1",
             "application/jsonp",
+            "text/json",
+            "+json",
             "json",
         ] {
             assert!(!is_json_media_type(refused), "{refused}");
