@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{rfc3339, UnixTime};
+use crate::clock::{Rfc3339, UnixTime};
 use crate::domain::{
     Attempt, Channel, ChannelChoice, CheckOutcome, Code, CodeTag, Delivery, DeliveryError,
     DeliveryStatus, Limit, NewVerification, PhoneNumber, Purpose, SendSecret, Verification,
@@ -45,72 +45,106 @@ struct CheckRequest {
     code: String,
 }
 
-/// A verification as the API shows it.
+/// A verification as the API shows it. It borrows from the verification
+/// and formats its times as it is serialized: an answer is built without
+/// copying anything.
 #[derive(Debug, Serialize)]
-pub struct VerificationView {
-    pub id: String,
+pub struct VerificationView<'a> {
+    pub id: &'a str,
     pub status: VerificationStatus,
     /// What was asked for: `whatsapp`, `sms` or `auto`.
     pub channel: ChannelChoice,
     pub purpose: Purpose,
     /// Which channel's code approved it, once approved.
     pub approved_channel: Option<Channel>,
-    pub to: String,
-    pub created_at: String,
-    pub expires_at: String,
+    pub to: &'a str,
+    pub created_at: Rfc3339,
+    pub expires_at: Rfc3339,
     pub attempts_left: u32,
     /// The latest send's delivery.
-    pub delivery: DeliveryView,
+    pub delivery: DeliveryView<'a>,
     /// Every send of the code, oldest first.
-    pub attempts: Vec<AttemptView>,
+    pub attempts: Attempts<'a>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DeliveryView {
+pub struct DeliveryView<'a> {
     pub status: DeliveryStatus,
-    pub message_id: Option<String>,
-    pub timestamps: BTreeMap<DeliveryStatus, String>,
-    pub error: Option<DeliveryError>,
+    pub message_id: Option<&'a str>,
+    pub timestamps: Timestamps<'a>,
+    pub error: Option<&'a DeliveryError>,
 }
 
+/// One send: its channel and time, then the fields of its delivery.
 #[derive(Debug, Serialize)]
-pub struct AttemptView {
+pub struct AttemptView<'a> {
     pub channel: Channel,
-    pub sent_at: String,
-    #[serde(flatten)]
-    pub delivery: DeliveryView,
+    pub sent_at: Rfc3339,
+    pub status: DeliveryStatus,
+    pub message_id: Option<&'a str>,
+    pub timestamps: Timestamps<'a>,
+    pub error: Option<&'a DeliveryError>,
 }
 
-impl DeliveryView {
-    fn new(d: &Delivery) -> Self {
+/// For each delivery status seen, when, as RFC 3339.
+#[derive(Debug)]
+pub struct Timestamps<'a>(&'a BTreeMap<DeliveryStatus, UnixTime>);
+
+impl Serialize for Timestamps<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(status, at)| (status, Rfc3339(*at))))
+    }
+}
+
+/// Every send, as [`AttemptView`]s.
+#[derive(Debug)]
+pub struct Attempts<'a>(&'a [Attempt]);
+
+impl Serialize for Attempts<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(AttemptView::new))
+    }
+}
+
+impl<'a> DeliveryView<'a> {
+    fn new(d: &'a Delivery) -> Self {
         Self {
             status: d.status,
-            message_id: d.message_id.clone(),
-            timestamps: d.timestamps.iter().map(|(s, t)| (*s, rfc3339(*t))).collect(),
-            error: d.error.clone(),
+            message_id: d.message_id.as_deref(),
+            timestamps: Timestamps(&d.timestamps),
+            error: d.error.as_ref(),
         }
     }
 }
 
-impl VerificationView {
-    pub fn new(v: &Verification, now: UnixTime) -> Self {
-        let attempt = |a: &Attempt| AttemptView {
-            channel: a.channel,
-            sent_at: rfc3339(a.sent_at),
-            delivery: DeliveryView::new(&a.delivery),
-        };
+impl<'a> AttemptView<'a> {
+    fn new(a: &'a Attempt) -> Self {
+        let DeliveryView { status, message_id, timestamps, error } = DeliveryView::new(&a.delivery);
         Self {
-            id: v.id.to_string(),
+            channel: a.channel,
+            sent_at: Rfc3339(a.sent_at),
+            status,
+            message_id,
+            timestamps,
+            error,
+        }
+    }
+}
+
+impl<'a> VerificationView<'a> {
+    pub fn new(v: &'a Verification, now: UnixTime) -> Self {
+        Self {
+            id: v.id.as_str(),
             status: v.status_at(now),
             channel: v.choice,
             purpose: v.purpose,
             approved_channel: v.approved_channel,
-            to: v.to_masked.clone(),
-            created_at: rfc3339(v.created_at),
-            expires_at: rfc3339(v.expires_at),
+            to: &v.to_masked,
+            created_at: Rfc3339(v.created_at),
+            expires_at: Rfc3339(v.expires_at),
             attempts_left: v.attempts_left,
             delivery: DeliveryView::new(v.delivery()),
-            attempts: v.sends.iter().map(attempt).collect(),
+            attempts: Attempts(&v.sends),
         }
     }
 }
@@ -546,4 +580,50 @@ async fn cancel(
     state.store.commit().await?;
     tracing::info!(verification_id = %id, "verification canceled");
     Ok(HttpResponse::Ok().json(VerificationView::new(&verification, now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SendOutcome, StatusEvent};
+
+    /// A verification with two sends: one delivered, one refused.
+    fn two_sends(t: UnixTime) -> Verification {
+        let mut v = Verification::new(NewVerification {
+            id: VerificationId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            to_masked: "+1555*****234".to_owned(),
+            number_key: "nk".into(),
+            code_tags: vec![CodeTag { channel: Channel::Whatsapp, tag: vec![1, 2, 3] }],
+            secret: vec![9],
+            choice: ChannelChoice::Auto,
+            purpose: Purpose::Login,
+            first_channel: Channel::Whatsapp,
+            now: t,
+            ttl_seconds: 600,
+            max_attempts: 5,
+            fallback_after: Some(30),
+        });
+        let accepted = SendOutcome::Accepted { message_id: "wamid.A\"1".into() };
+        v.record_send(0, &accepted, t);
+        for (status, at) in [(DeliveryStatus::Delivered, t + 2), (DeliveryStatus::Sent, t + 1)] {
+            v.sends[0].delivery.apply(&StatusEvent { status, timestamp: at, error: None });
+        }
+        let index = v.add_send(t + 60);
+        let error = DeliveryError {
+            code: Some(131_026),
+            title: "Message undeliverable".into(),
+            details: None,
+        };
+        v.record_send(index, &SendOutcome::Failed { error, definitive: true }, t + 61);
+        v.check(t + 70, None).unwrap();
+        v
+    }
+
+    #[test]
+    fn a_view_shows_every_field_in_order() {
+        let t = 1_796_402_110;
+        let json = serde_json::to_string(&VerificationView::new(&two_sends(t), t + 70)).unwrap();
+        let want = r#"{"id":"0123456789abcdef0123456789abcdef","status":"pending","channel":"auto","purpose":"login","approved_channel":null,"to":"+1555*****234","created_at":"2026-12-04T16:35:10Z","expires_at":"2026-12-04T16:45:10Z","attempts_left":4,"delivery":{"status":"failed","message_id":null,"timestamps":{"failed":"2026-12-04T16:36:11Z"},"error":{"code":131026,"title":"Message undeliverable","details":null}},"attempts":[{"channel":"whatsapp","sent_at":"2026-12-04T16:35:10Z","status":"delivered","message_id":"wamid.A\"1","timestamps":{"sent":"2026-12-04T16:35:11Z","delivered":"2026-12-04T16:35:12Z"},"error":null},{"channel":"whatsapp","sent_at":"2026-12-04T16:36:10Z","status":"failed","message_id":null,"timestamps":{"failed":"2026-12-04T16:36:11Z"},"error":{"code":131026,"title":"Message undeliverable","details":null}}]}"#;
+        assert_eq!(json, want);
+    }
 }
