@@ -25,7 +25,7 @@
 //! entry, whichever its map yields first, before it takes a new one.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{decode, encode, StoreError};
@@ -39,21 +39,29 @@ const VERIFICATIONS: usize = 64 * 1024;
 /// At most this many message index entries are kept.
 const MESSAGES: usize = 64 * 1024;
 
-type Map<V> = HashMap<Box<[u8]>, V>;
+/// Keys are hashed with foldhash, seeded at random, rather than SipHash:
+/// on a check, hashing the verification's id and its number's counter key
+/// cost more than the lookups. foldhash is only minimally resistant to
+/// keys chosen to collide, and no key here can be chosen: ids are random
+/// and made here, counter keys are keyed hashes of numbers, and message
+/// ids come only in webhooks whose signature was checked.
+type Hasher = foldhash::fast::RandomState;
+
+type Map<V> = HashMap<Box<[u8]>, V, Hasher>;
 
 /// Maps split by key into independently locked shards.
 pub(super) struct Shards<V> {
     shards: Box<[Mutex<Map<V>>]>,
     per_shard: usize,
-    hasher: RandomState,
+    hasher: Hasher,
 }
 
 impl<V> Shards<V> {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
-            hasher: RandomState::new(),
+            hasher: Hasher::default(),
         }
     }
 
