@@ -11,7 +11,7 @@ pub use keys::{Keyring, SendSecret};
 pub use limits::Limit;
 pub use phone::{redact_numbers, PhoneError, PhoneNumber};
 pub use verification::{
-    Attempt, Channel, ChannelChoice, CheckOutcome, CodeTag, Delivery, DeliveryError,
+    Attempt, Channel, ChannelChoice, CheckOutcome, Checked, CodeTag, Delivery, DeliveryError,
     DeliveryStatus, NewVerification, Purpose, SendOutcome, StatusEvent, Verification,
     VerificationId, VerificationStatus,
 };

@@ -271,6 +271,16 @@ pub struct NewVerification {
     pub fallback_after: Option<i64>,
 }
 
+/// What a check leaves of a verification: the tries left, the status,
+/// and the channel whose code approved it. A check changes nothing else,
+/// except that a verification it ends drops its secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub attempts_left: u32,
+    pub status: VerificationStatus,
+    pub approved_channel: Option<Channel>,
+}
+
 /// What the Graph API said to one send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
@@ -385,51 +395,72 @@ impl Verification {
         now: UnixTime,
         matched: Option<Channel>,
     ) -> Result<CheckOutcome, VerificationStatus> {
+        let (outcome, checked) = self.judge(now, matched);
+        self.absorb_check(checked);
+        outcome
+    }
+
+    /// What [`Verification::check`] would answer and leave behind, without
+    /// changing anything: a store applies the result with
+    /// [`Verification::absorb_check`], in place when it can.
+    pub fn judge(
+        &self,
+        now: UnixTime,
+        matched: Option<Channel>,
+    ) -> (Result<CheckOutcome, VerificationStatus>, Checked) {
+        let mut after = self.checked();
         match self.status_at(now) {
             VerificationStatus::Pending => {}
             other => {
-                self.finish(other);
-                return Err(other);
+                after.status = other;
+                return (Err(other), after);
             }
         }
         if let Some(channel) = matched {
-            self.approved_channel = Some(channel);
-            self.finish(VerificationStatus::Approved);
-            return Ok(CheckOutcome::Approved);
+            after.approved_channel = Some(channel);
+            after.status = VerificationStatus::Approved;
+            return (Ok(CheckOutcome::Approved), after);
         }
-        self.attempts_left = self.attempts_left.saturating_sub(1);
-        if self.attempts_left == 0 {
-            self.finish(VerificationStatus::MaxAttemptsReached);
-            Ok(CheckOutcome::Exhausted)
+        after.attempts_left = self.attempts_left.saturating_sub(1);
+        if after.attempts_left == 0 {
+            after.status = VerificationStatus::MaxAttemptsReached;
+            (Ok(CheckOutcome::Exhausted), after)
         } else {
-            Ok(CheckOutcome::Wrong { attempts_left: self.attempts_left })
+            (Ok(CheckOutcome::Wrong { attempts_left: after.attempts_left }), after)
         }
     }
 
-    /// Brings in what a logged check left behind (`attempts_left`, and the
-    /// status it ended the verification with, if it did), as a merge that
-    /// only ever moves forward: attempts never come back, and only a
-    /// pending verification takes the check's end. Every other write
-    /// moves these fields the same way (none adds attempts, none makes a
-    /// verification pending again), so merging a check that this
-    /// verification already reflects, or one older than what it reflects,
-    /// changes nothing. Returns whether anything changed.
-    pub fn absorb_check(
-        &mut self,
-        attempts_left: u32,
-        status: VerificationStatus,
-        approved_channel: Option<Channel>,
-    ) -> bool {
+    /// The fields a check changes, as they are.
+    pub fn checked(&self) -> Checked {
+        Checked {
+            attempts_left: self.attempts_left,
+            status: self.status,
+            approved_channel: self.approved_channel,
+        }
+    }
+
+    /// Brings in what a check left behind (`attempts_left`, and the status
+    /// it ended the verification with, if it did), as a merge that only
+    /// ever moves forward: attempts never come back, and only a pending
+    /// verification takes the check's end. Every other write moves these
+    /// fields the same way (none adds attempts, none makes a verification
+    /// pending again), so merging a check that this verification already
+    /// reflects, or one older than what it reflects, changes nothing. This
+    /// is also how a logged check is replayed. Returns whether anything
+    /// changed.
+    pub fn absorb_check(&mut self, checked: Checked) -> bool {
         let mut changed = false;
-        if attempts_left < self.attempts_left {
-            self.attempts_left = attempts_left;
+        if checked.attempts_left < self.attempts_left {
+            self.attempts_left = checked.attempts_left;
             changed = true;
         }
-        if self.status == VerificationStatus::Pending && status != VerificationStatus::Pending {
-            if status == VerificationStatus::Approved {
-                self.approved_channel = approved_channel;
+        if self.status == VerificationStatus::Pending
+            && checked.status != VerificationStatus::Pending
+        {
+            if checked.status == VerificationStatus::Approved {
+                self.approved_channel = checked.approved_channel;
             }
-            self.finish(status);
+            self.finish(checked.status);
             changed = true;
         }
         changed
@@ -657,19 +688,19 @@ mod tests {
         // What the check logged: one try used, then approval.
         let mut checked = verification(5);
         checked.check(1_001, None).unwrap();
-        let wrong = (checked.attempts_left, checked.status, checked.approved_channel);
+        let wrong = checked.checked();
         checked.check(1_002, Some(Channel::Whatsapp)).unwrap();
-        let approved = (checked.attempts_left, checked.status, checked.approved_channel);
+        let approved = checked.checked();
 
         // Merged into a copy from before the check: it catches up.
         let mut behind = verification(5);
-        assert!(behind.absorb_check(wrong.0, wrong.1, wrong.2));
+        assert!(behind.absorb_check(wrong));
         assert_eq!(behind.attempts_left, 4);
-        assert!(behind.absorb_check(approved.0, approved.1, approved.2));
+        assert!(behind.absorb_check(approved));
         assert_eq!(behind.status, VerificationStatus::Approved);
         assert_eq!(behind.approved_channel, Some(Channel::Whatsapp));
         assert_eq!(behind.secret, None);
-        assert!(!behind.absorb_check(approved.0, approved.1, approved.2), "idempotent");
+        assert!(!behind.absorb_check(approved), "idempotent");
 
         // Merged into a copy that is further on (more tries used, another
         // send made): nothing goes back.
@@ -679,13 +710,13 @@ mod tests {
         }
         ahead.add_send(1_003);
         let before = ahead.clone();
-        assert!(!ahead.absorb_check(wrong.0, wrong.1, wrong.2));
+        assert!(!ahead.absorb_check(wrong));
         assert_eq!(ahead, before);
 
         // An ended verification keeps its own end.
         let mut canceled = verification(5);
         canceled.cancel(1_001).unwrap();
-        canceled.absorb_check(approved.0, approved.1, approved.2);
+        canceled.absorb_check(approved);
         assert_eq!(
             (canceled.status, canceled.approved_channel),
             (VerificationStatus::Canceled, None)

@@ -528,17 +528,16 @@ async fn check(
     let wrong = Counter::NumberFailedChecksPerHour;
     let (outcome, verification) = state
         .store
-        .update_with_count(&id, (wrong, failures), now, |v, wrong_so_far| {
+        .check(&id, (wrong, failures), now, |v, wrong_so_far| {
             match v.status_at(now) {
                 VerificationStatus::Pending => {}
-                other => return Err(ApiError::NotPending(other)),
+                other => return (Err(ApiError::NotPending(other)), None),
             }
             if wrong_so_far >= failures.max {
                 let retry_after = failures.retry_after(now);
-                return Err(ApiError::TooManyRequests {
-                    throttle: Throttle::FailedChecks,
-                    retry_after,
-                });
+                let refused =
+                    ApiError::TooManyRequests { throttle: Throttle::FailedChecks, retry_after };
+                return (Err(refused), None);
             }
             // Every channel's tag is compared, so that the time taken does
             // not depend on which one matches.
@@ -546,7 +545,8 @@ async fn check(
                 let hit = state.keys.code_matches(&v.id, &v.number_key, &code, &t.tag);
                 found.or(hit.then_some(t.channel))
             });
-            v.check(now, matched).map_err(ApiError::NotPending)
+            let (outcome, checked) = v.judge(now, matched);
+            (outcome.map_err(ApiError::NotPending), Some(checked))
         })
         .await?
         .ok_or(ApiError::VerificationNotFound)?;

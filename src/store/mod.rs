@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{SharedClock, UnixTime};
 use crate::domain::{
-    Channel, Limit, SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus,
+    Channel, Checked, Limit, SendOutcome, StatusEvent, Verification, VerificationId,
+    VerificationStatus,
 };
 use crate::settings::{Settings, StoreSettings};
 
@@ -305,25 +306,40 @@ impl Store {
         }
     }
 
-    /// Like [`Store::update`], and `change` also gets the current count of
-    /// `counter` for the verification's number, read afresh on every try.
-    pub async fn update_with_count<T>(
+    /// A check of a code: `judge` gets the verification and the current
+    /// count of `counter` for its number, read afresh on every try, and
+    /// returns its answer and, if the check counts, what it leaves of the
+    /// verification (see [`Verification::judge`]). The read and the write
+    /// are one step, so two checks never use the same try.
+    pub async fn check<T>(
         &self,
         id: &VerificationId,
         (counter, limit): (Counter, Limit),
         now: UnixTime,
-        mut change: impl FnMut(&mut Verification, u64) -> T,
+        mut judge: impl FnMut(&Verification, u64) -> (T, Option<Checked>),
     ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         match &self.backend {
             Backend::Sled(s) => {
-                let updated = s.update_logged(id, |v| {
-                    let count = s.counted(counter, &v.number_key, limit, now)?;
-                    Ok::<T, StoreError>(change(v, count))
-                })?;
-                updated.map(|(result, v)| result.map(|r| (r, v))).transpose()
+                let checked =
+                    s.check(id, |v| match s.counted(counter, &v.number_key, limit, now) {
+                        Ok(count) => {
+                            let (answer, checked) = judge(v, count);
+                            (Ok(answer), checked)
+                        }
+                        Err(e) => (Err(e), None),
+                    })?;
+                checked.map(|(answer, v)| answer.map(|a| (a, v))).transpose()
             }
             Backend::Redis(r) => {
-                let updated = r.update_with_count(id, (counter, limit), now, change).await?;
+                let updated = r
+                    .update_with_count(id, (counter, limit), now, |v, count| {
+                        let (answer, checked) = judge(v, count);
+                        if let Some(checked) = checked {
+                            v.absorb_check(checked);
+                        }
+                        answer
+                    })
+                    .await?;
                 Ok(updated.map(|(t, v)| (t, Arc::new(v))))
             }
         }

@@ -231,6 +231,32 @@ impl Locked<'_> {
         Ok(v)
     }
 
+    /// Changes `v`, the verification as `get` just returned it, in memory
+    /// only, as `put_logged` does, and in place unless a reader still holds
+    /// it: nothing is copied. Nothing can fail once `change` has begun, so
+    /// nothing is ever left half-changed. `change` returns whether it
+    /// changed anything.
+    pub(super) fn change_logged(
+        &mut self,
+        v: Arc<Verification>,
+        change: impl FnOnce(&mut Verification) -> bool,
+    ) -> Result<Arc<Verification>, StoreError> {
+        debug_assert_eq!(v.id.as_str(), self.id);
+        let Some(entry) = self.shard.get_mut(self.id.as_bytes()) else {
+            // Not in memory (`get` under the same lock puts it there): a
+            // copy, as `put_logged` keeps it.
+            let mut copy = Verification::clone(&v);
+            return if change(&mut copy) { self.put_logged(copy) } else { Ok(v) };
+        };
+        // `v` is the shard's own value; dropping it leaves the shard the
+        // only holder unless a reader has one.
+        drop(v);
+        if change(Arc::make_mut(&mut entry.v)) {
+            entry.unsaved = true;
+        }
+        Ok(entry.v.clone())
+    }
+
     fn save(&mut self) -> Result<(), StoreError> {
         if let Some(entry) = self.shard.get_mut(self.id.as_bytes()).filter(|e| e.unsaved) {
             write(self.tree, self.id.as_bytes(), &entry.v)?;

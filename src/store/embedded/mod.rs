@@ -50,10 +50,11 @@ use sled::Transactional;
 
 use crate::clock::UnixTime;
 use crate::domain::{
-    Channel, Limit, SendOutcome, StatusEvent, Verification, VerificationId, VerificationStatus,
+    Channel, Checked, Limit, SendOutcome, StatusEvent, Verification, VerificationId,
+    VerificationStatus,
 };
 
-use cache::{Messages, Verifications};
+use cache::{Locked, Messages, Verifications};
 use commit::GroupCommit;
 
 pub use purge::{Purged, Sweeper};
@@ -371,16 +372,43 @@ impl SledStore {
         self.update_in(id, false, change)
     }
 
-    /// The same, for a change that [`SledStore::commit_check`] then makes
-    /// durable through the write-ahead log: it is kept in memory and
-    /// reaches sled later (see `cache.rs`).
-    pub fn update_logged<T>(
+    /// A check of a code. `judge` sees the verification and returns its
+    /// answer and, if the check counts, what it leaves of the verification
+    /// (see [`Verification::judge`]); the verification's lock is held from
+    /// the read to the write, so two checks take turns and never use the
+    /// same try. A check that leaves the verification pending changes it in
+    /// memory only, in place (copied only if a reader still holds it), and
+    /// [`SledStore::commit_check`] then makes that durable through the
+    /// write-ahead log. A check that ends it, or any check in a store
+    /// without a log, writes it to sled as `update` does.
+    pub fn check<T>(
         &self,
         id: &VerificationId,
-        change: impl FnMut(&mut Verification) -> T,
+        judge: impl FnOnce(&Verification) -> (T, Option<Checked>),
     ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
         // A store without a log (in memory) flushes sled instead.
-        self.update_in(id, self.wal.is_some(), change)
+        self.check_in(id, self.wal.is_some(), judge)
+    }
+
+    fn check_in<T>(
+        &self,
+        id: &VerificationId,
+        logged: bool,
+        judge: impl FnOnce(&Verification) -> (T, Option<Checked>),
+    ) -> Result<Option<(T, Arc<Verification>)>, StoreError> {
+        let mut locked = self.verifications.lock(id);
+        let Some(before) = locked.get()? else { return Ok(None) };
+        let (result, checked) = judge(&before);
+        let Some(checked) = checked else { return Ok(Some((result, before))) };
+        if logged && checked.status == VerificationStatus::Pending {
+            let v = locked.change_logged(before, |v| v.absorb_check(checked))?;
+            return Ok(Some((result, v)));
+        }
+        let mut v = Verification::clone(&before);
+        if !v.absorb_check(checked) {
+            return Ok(Some((result, before)));
+        }
+        Ok(Some((result, self.store_change(locked, v, logged)?)))
     }
 
     fn update_in<T>(
@@ -396,6 +424,18 @@ impl SledStore {
         if v == *before {
             return Ok(Some((result, before)));
         }
+        Ok(Some((result, self.store_change(locked, v, logged)?)))
+    }
+
+    /// Stores a changed verification whose lock is held: in memory only
+    /// if `logged` and it is still pending, otherwise in sled. A change
+    /// that ends it frees its number.
+    fn store_change(
+        &self,
+        mut locked: Locked<'_>,
+        v: Verification,
+        logged: bool,
+    ) -> Result<Arc<Verification>, StoreError> {
         // A verification that ends frees its number in sled below: sled
         // must have the end first, or a flush could keep the number free
         // while the verification comes back pending.
@@ -408,7 +448,7 @@ impl SledStore {
         if v.status != VerificationStatus::Pending {
             self.release(&v)?;
         }
-        Ok(Some((result, v)))
+        Ok(v)
     }
 
     /// Frees the number of a verification that is over.

@@ -2,7 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::domain::{
-    ChannelChoice, CodeTag, DeliveryError, DeliveryStatus, Limit, NewVerification, Purpose,
+    ChannelChoice, CheckOutcome, CodeTag, DeliveryError, DeliveryStatus, Limit, NewVerification,
+    Purpose,
 };
 use crate::store::{Counter, Refused};
 
@@ -37,6 +38,23 @@ fn insert(store: &SledStore, v: &Verification, purge_at: i64) {
 fn accepted(store: &SledStore, v: &Verification, message_id: &str) -> Verification {
     let outcome = SendOutcome::Accepted { message_id: message_id.into() };
     store.record_send(&v.id, 0, &outcome, 1_000).unwrap().unwrap()
+}
+
+/// Checks a code as the check-code route does: `matched` is the channel
+/// whose code was typed, `None` for a wrong one. `logged` as a store with a
+/// write-ahead log checks; the log's tests use it too.
+pub(super) fn check(
+    store: &SledStore,
+    id: &VerificationId,
+    now: i64,
+    matched: Option<Channel>,
+    logged: bool,
+) -> (Result<CheckOutcome, VerificationStatus>, Arc<Verification>) {
+    let judge = |v: &Verification| {
+        let (outcome, checked) = v.judge(now, matched);
+        (outcome, Some(checked))
+    };
+    store.check_in(id, logged, judge).unwrap().unwrap()
 }
 
 fn update(message_id: &str, status: DeliveryStatus, timestamp: i64) -> StatusUpdate {
@@ -302,8 +320,8 @@ fn what_only_memory_had_reaches_sled_when_pushed_out() {
         insert(&store, v, 10_000);
     }
     for v in &all {
-        let (outcome, _) = store.update_in(&v.id, true, |v| v.check(1_001, None)).unwrap().unwrap();
-        assert!(matches!(outcome, Ok(crate::domain::CheckOutcome::Wrong { .. })));
+        let (outcome, _) = check(&store, &v.id, 1_001, None, true);
+        assert!(matches!(outcome, Ok(CheckOutcome::Wrong { .. })));
     }
     let written = all.iter().filter(|v| in_sled(&store, v).attempts_left == 4).count();
     assert!(written >= 200 - 64, "only {written} of 200 reached sled");
@@ -342,4 +360,63 @@ fn sled_never_has_an_index_entry_or_a_free_number_without_the_change_behind_it()
     assert_eq!(ended, Ok(()));
     assert!(store.active.get("number-2").unwrap().is_none());
     assert_ne!(in_sled(&store, &w).status, VerificationStatus::Pending);
+}
+
+#[test]
+fn a_check_that_leaves_a_verification_pending_changes_it_in_place() {
+    let store = temp_store();
+    let v = verification(1);
+    insert(&store, &v, 10_000);
+    // A reader that holds the verification keeps what it read.
+    let held = store.verifications.get(&v.id).unwrap().unwrap();
+    let (outcome, first) = check(&store, &v.id, 1_001, None, true);
+    assert_eq!(outcome, Ok(CheckOutcome::Wrong { attempts_left: 4 }));
+    assert_eq!((held.attempts_left, first.attempts_left), (5, 4));
+    drop(held);
+    // Held by nobody else, it is changed where it lies: no copy.
+    let at = Arc::as_ptr(&first);
+    drop(first);
+    let (_, second) = check(&store, &v.id, 1_002, None, true);
+    assert_eq!(Arc::as_ptr(&second), at);
+    assert_eq!(second.attempts_left, 3);
+    // In memory only, until the log's checkpoint saves it.
+    assert_eq!(in_sled(&store, &v).attempts_left, 5);
+    store.verifications.save_all().unwrap();
+    assert_eq!(in_sled(&store, &v).attempts_left, 3);
+}
+
+#[test]
+fn a_check_that_ends_a_verification_writes_it_to_sled_and_frees_the_number() {
+    let store = temp_store();
+    for (n, matched, status) in [
+        (1, Some(Channel::Whatsapp), VerificationStatus::Approved),
+        (2, None, VerificationStatus::MaxAttemptsReached),
+    ] {
+        let v = verification(n);
+        insert(&store, &v, 10_000);
+        for _ in 0..4 {
+            let (outcome, _) = check(&store, &v.id, 1_001, None, true);
+            assert!(matches!(outcome, Ok(CheckOutcome::Wrong { .. })));
+        }
+        let (_, ended) = check(&store, &v.id, 1_002, matched, true);
+        assert_eq!((ended.status, ended.secret.as_ref()), (status, None));
+        let stored = in_sled(&store, &v);
+        assert_eq!((stored.status, stored.attempts_left), (status, ended.attempts_left));
+        assert!(store.active.get(format!("number-{n}")).unwrap().is_none());
+    }
+}
+
+#[test]
+fn a_check_that_does_not_count_changes_nothing() {
+    let store = temp_store();
+    let v = verification(1);
+    insert(&store, &v, 10_000);
+    let before = store.verifications.get(&v.id).unwrap().unwrap();
+    let (answer, after) = store.check_in(&v.id, true, |_| ("refused", None)).unwrap().unwrap();
+    assert_eq!(answer, "refused");
+    assert!(Arc::ptr_eq(&before, &after));
+    // Past its expiry, a check ends it as expired.
+    let (outcome, expired) = check(&store, &v.id, 1_600, None, true);
+    assert_eq!(outcome, Err(VerificationStatus::Expired));
+    assert_eq!(in_sled(&store, &v).status, expired.status);
 }

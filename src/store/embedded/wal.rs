@@ -56,7 +56,7 @@ use super::commit::GroupCommit;
 use super::counters;
 use super::{SledStore, StatusTrees, StatusUpdate, StoreError, Tally};
 use crate::clock::UnixTime;
-use crate::domain::{Channel, Limit, Verification, VerificationId, VerificationStatus};
+use crate::domain::{Channel, Checked, Limit, Verification, VerificationId, VerificationStatus};
 use crate::store::Counter;
 
 /// The log's directory, inside the store's.
@@ -358,7 +358,12 @@ impl SledStore {
             self.logged.merge(key, *count)?;
         }
         // A verification purged since is not brought back.
-        self.update(&r.id, |v| v.absorb_check(r.attempts_left, r.status, r.approved_channel))?;
+        let checked = Checked {
+            attempts_left: r.attempts_left,
+            status: r.status,
+            approved_channel: r.approved_channel,
+        };
+        self.update(&r.id, |v| v.absorb_check(checked))?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 
 use super::*;
 use crate::domain::{CheckOutcome, DeliveryStatus, SendOutcome, StatusEvent};
-use crate::store::embedded::tests::{in_sled, verification};
+use crate::store::embedded::tests::{check, in_sled, verification};
 use crate::store::ResendRules;
 
 fn payload(n: u32) -> Vec<u8> {
@@ -205,7 +205,7 @@ fn replaying_a_check_never_undoes_a_later_write() {
     store.create(&v, 10_000, 1_000, None, &[]).unwrap().unwrap();
     let limit = Limit::per(3600, 100);
     let wrong = |store: &SledStore| {
-        let (outcome, v) = store.update(&v.id, |v| v.check(1_001, None)).unwrap().unwrap();
+        let (outcome, v) = check(store, &v.id, 1_001, None, store.wal.is_some());
         assert!(matches!(outcome, Ok(CheckOutcome::Wrong { .. })));
         let counted = store
             .add_counted(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001)
@@ -317,7 +317,7 @@ async fn the_log_brings_back_what_sled_had_not_flushed() {
     };
     let stray = StatusUpdate { message_id: "wamid.STRAY".into(), ..delivered.clone() };
     store.record_statuses(vec![delivered, stray], 1_002).await.unwrap();
-    let (_, checked) = store.update(&v.id, |v| v.check(1_003, None)).unwrap().unwrap();
+    let (_, checked) = store.check(&v.id, |v| ((), Some(v.judge(1_003, None).1))).unwrap().unwrap();
     let limit = Limit::per(3600, 100);
     let counted =
         store.add_counted(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_003).unwrap();
@@ -382,7 +382,7 @@ fn a_checkpoint_saves_what_only_memory_had_before_it_deletes_segments() {
     store.create(&v, 10_000, 1_000, None, &[]).unwrap().unwrap();
     // A check and its wrong code as the log makes them durable: in
     // memory only, until a checkpoint.
-    let (_, checked) = store.update_in(&v.id, true, |v| v.check(1_001, None)).unwrap().unwrap();
+    let (_, checked) = check(&store, &v.id, 1_001, None, true);
     let checked = Verification::clone(&checked);
     let limit = Limit::per(3600, 100);
     store.add_counted(Counter::NumberFailedChecksPerHour, &v.number_key, limit, 1_001).unwrap();
