@@ -67,23 +67,23 @@ impl StatusTrees {
             return Ok(None);
         };
         let mut locked = self.verifications.lock(&id);
-        let Some(current) = locked.get()? else { return Ok(None) };
+        let Some(mut current) = locked.get()? else { return Ok(None) };
         let known = current.sends.iter().position(|a| {
             a.channel == update.channel && a.delivery.message_id.as_deref() == Some(message_id)
         });
         let (index, changed) = match known {
             // The usual case, and most often a repeat, which copies
-            // nothing.
+            // nothing. With a log, a new status is applied where the
+            // verification lies in memory: nothing after it can fail.
             Some(index) => {
                 let changed = current.sends[index].delivery.changed_by(&update.event);
-                if changed {
+                let apply = |v: &mut Verification| v.sends[index].delivery.apply(&update.event);
+                if changed && self.logged {
+                    current = locked.change_logged(current, apply)?;
+                } else if changed {
                     let mut v = Verification::clone(&current);
-                    v.sends[index].delivery.apply(&update.event);
-                    if self.logged {
-                        locked.put_logged(v)?;
-                    } else {
-                        locked.put(v)?;
-                    }
+                    apply(&mut v);
+                    locked.put(v)?;
                 }
                 (index, changed)
             }

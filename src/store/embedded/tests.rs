@@ -420,3 +420,24 @@ fn a_check_that_does_not_count_changes_nothing() {
     assert_eq!(outcome, Err(VerificationStatus::Expired));
     assert_eq!(in_sled(&store, &v).status, expired.status);
 }
+
+#[test]
+fn a_new_status_with_a_log_is_applied_where_the_verification_lies() {
+    let store = temp_store();
+    let logged = store.status_trees(true);
+    let v = verification(1);
+    insert(&store, &v, 10_000);
+    accepted(&store, &v, "wamid.A");
+    let held = store.verifications.get(&v.id).unwrap().unwrap();
+    let at = Arc::as_ptr(&held);
+    drop(held);
+    let delivered = update("wamid.A", DeliveryStatus::Delivered, 5);
+    assert_eq!(logged.apply_each(&[delivered], 100).unwrap().applied, 1);
+    let after = store.verifications.get(&v.id).unwrap().unwrap();
+    assert_eq!(Arc::as_ptr(&after), at, "copied");
+    assert_eq!(after.sends[0].delivery.status, DeliveryStatus::Delivered);
+    // In memory only, until the log's checkpoint saves it.
+    assert_eq!(in_sled(&store, &v).sends[0].delivery.status, DeliveryStatus::Accepted);
+    store.verifications.save_all().unwrap();
+    assert_eq!(in_sled(&store, &v).sends[0].delivery.status, DeliveryStatus::Delivered);
+}
