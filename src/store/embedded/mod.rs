@@ -37,6 +37,7 @@ mod fallback;
 mod purge;
 mod statuses;
 mod wal;
+mod watchdog;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -126,6 +127,9 @@ pub struct SledStore {
     /// Where webhook statuses and checks are made durable; `None` for a
     /// store that lives in memory, which flushes instead.
     wal: Option<wal::Wal>,
+    /// The heartbeat that tells a stalled sled (see `watchdog.rs`); only a
+    /// store on disk has one.
+    watch: Option<Arc<watchdog::Watch>>,
 }
 
 /// sled's page cache; its default is 1 GiB.
@@ -171,6 +175,14 @@ impl SledStore {
         let mut store = Self::from_db(config.open()?)?;
         // Replays what the log holds before anything reads the store.
         store.wal = Some(wal::Wal::open(&dir.join(wal::DIR), &store)?);
+        let (state, db) = (store.state.clone(), store.db.clone());
+        let beat = move || {
+            state.insert("heartbeat", &watchdog::now_bytes()[..])?;
+            db.flush().map(drop)
+        };
+        let (every, stall) = (watchdog::EVERY, watchdog::STALL);
+        store.watch =
+            Some(Arc::new(watchdog::Watch::start(beat, every, stall, watchdog::exit_on_stall)?));
         Ok(store)
     }
 
@@ -205,6 +217,7 @@ impl SledStore {
             state: db.open_tree("state")?,
             commit,
             wal: None,
+            watch: None,
             db,
         })
     }
@@ -221,9 +234,9 @@ impl SledStore {
         self.wal.as_ref().map(wal::Wal::serving)
     }
 
-    /// Whether the store answers reads.
+    /// Whether the store answers reads, and has finished a write lately.
     pub fn healthy(&self) -> bool {
-        self.db.contains_key(b"health").is_ok()
+        self.db.contains_key(b"health").is_ok() && self.watch.as_ref().is_none_or(|w| w.fresh())
     }
 
     pub fn get(&self, id: &VerificationId) -> Result<Option<Verification>, StoreError> {
