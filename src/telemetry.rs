@@ -32,6 +32,17 @@ pub fn init(filter: &str) {
         .with_target(false)
         .with_ansi(ansi)
         .try_init();
+    // Request ids count up from a random start, so that two runs, or two
+    // instances behind one load balancer, do not hand out the same ids.
+    let mut start = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut start).is_ok() {
+        let _ = NEXT_REQUEST.compare_exchange(
+            1,
+            u64::from_le_bytes(start),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
@@ -144,6 +155,15 @@ fn percent_decoded(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::LoggedPath;
+
+    #[test]
+    fn request_ids_count_from_a_random_start() {
+        // No request goes through this process's unit tests, so the count
+        // is still at its first value until `init` moves it.
+        super::init("off");
+        let first = super::NEXT_REQUEST.load(std::sync::atomic::Ordering::Relaxed);
+        assert_ne!(first, 1, "request ids start at 1 again");
+    }
 
     #[test]
     fn numbers_in_a_path_are_masked_and_ids_kept() {
