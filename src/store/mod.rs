@@ -171,7 +171,8 @@ impl Store {
         let mut left_queued = None;
         let backend = match &settings.store {
             StoreSettings::Sled => {
-                let store = SledStore::open(&settings.data_dir)?;
+                let mut store = SledStore::open(&settings.data_dir)?;
+                store.watch()?;
                 left_queued = Some(store.outbox()?);
                 Backend::Sled(store)
             }

@@ -175,15 +175,23 @@ impl SledStore {
         let mut store = Self::from_db(config.open()?)?;
         // Replays what the log holds before anything reads the store.
         store.wal = Some(wal::Wal::open(&dir.join(wal::DIR), &store)?);
-        let (state, db) = (store.state.clone(), store.db.clone());
+        Ok(store)
+    }
+
+    /// Starts the heartbeat that tells a stalled sled (see `watchdog.rs`):
+    /// a server's store has one. It flushes sled every few seconds, and
+    /// sled's I/O threads are shared by every store in a process, so the
+    /// unit tests' many stores go without.
+    pub fn watch(&mut self) -> Result<(), StoreError> {
+        let (state, db) = (self.state.clone(), self.db.clone());
         let beat = move || {
             state.insert("heartbeat", &watchdog::now_bytes()[..])?;
             db.flush().map(drop)
         };
         let (every, stall) = (watchdog::EVERY, watchdog::STALL);
-        store.watch =
+        self.watch =
             Some(Arc::new(watchdog::Watch::start(beat, every, stall, watchdog::exit_on_stall)?));
-        Ok(store)
+        Ok(())
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
