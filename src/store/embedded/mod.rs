@@ -128,7 +128,7 @@ pub struct SledStore {
     /// store that lives in memory, which flushes instead.
     wal: Option<wal::Wal>,
     /// The heartbeat that tells a stalled sled (see `watchdog.rs`); only a
-    /// store on disk has one.
+    /// server's store has one (`watch`).
     watch: Option<Arc<watchdog::Watch>>,
 }
 
