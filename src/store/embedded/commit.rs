@@ -11,8 +11,16 @@
 //!
 //! sled's own `flush_async` is not used: in 0.34 it can hang under
 //! concurrent callers.
+//!
+//! Nor is sled's `flush` enough on its own for a power cut: see
+//! [`SledFiles`].
 
-use std::sync::mpsc;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,12 +51,87 @@ pub(super) struct GroupCommit {
     jobs: mpsc::Sender<Job>,
 }
 
+/// sled's files, synced after each flush that something waits for.
+///
+/// sled 0.34's `flush` makes its log stable with `sync_file_range`, which
+/// writes the pages but neither the file's metadata (its length, which
+/// grows as the log does) nor a flush of the disk's cache; and the files
+/// it keeps values too large for its log in ("blobs") it never syncs. Its
+/// periodic flusher would `fsync` now and then, but nothing waits for
+/// that. So after a flush returned, a power cut could still take what it
+/// wrote: this syncs the log file, and each blob file not synced yet.
+pub(super) struct SledFiles {
+    db: File,
+    blobs: PathBuf,
+    synced_blobs: HashSet<OsString>,
+}
+
+/// Shared by the flush thread and the start-up replay.
+pub(super) type SharedFiles = Arc<Mutex<SledFiles>>;
+
+impl SledFiles {
+    /// The files of the sled store in `dir`, once sled has opened it.
+    /// What sled wrote when it opened the store is synced here, the
+    /// directory's names included.
+    pub(super) fn open(dir: &Path) -> io::Result<SharedFiles> {
+        let db = File::open(dir.join("db"))?;
+        File::open(dir.join("conf"))?.sync_all()?;
+        let mut files = Self { db, blobs: dir.join("blobs"), synced_blobs: HashSet::new() };
+        files.sync()?;
+        File::open(dir)?.sync_all()?;
+        Ok(Arc::new(Mutex::new(files)))
+    }
+
+    /// Returns once what sled's last flush wrote is on disk.
+    pub(super) fn sync(&mut self) -> io::Result<()> {
+        let entries = match fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.db.sync_data(),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::new();
+        let mut added = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(blob) => blob.sync_data()?,
+                    // sled removed it since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                added = true;
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if added {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        self.db.sync_data()
+    }
+}
+
+/// sled's flush, then, for a store on disk, the sync of its files.
+pub(super) fn flush_to_disk(db: &sled::Db, files: Option<&SharedFiles>) -> Result<(), String> {
+    db.flush().map_err(|e| e.to_string())?;
+    match files {
+        Some(files) => {
+            let mut files = files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            files.sync().map_err(|e| format!("syncing sled's files: {e}"))
+        }
+        None => Ok(()),
+    }
+}
+
 impl GroupCommit {
-    pub(super) fn start(db: sled::Db, trees: StatusTrees) -> Self {
+    /// `files` is `None` for a store that lives in memory.
+    pub(super) fn start(db: sled::Db, trees: StatusTrees, files: Option<SharedFiles>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("waverify-flush".into())
-            .spawn(move || flush_loop(&db, &trees, &rx))
+            .spawn(move || flush_loop(&db, files.as_ref(), &trees, &rx))
             .expect("the operating system refused to start the flush thread");
         Self { jobs: tx }
     }
@@ -97,7 +180,12 @@ type StatusReply = (Reply, Result<Tally, String>);
 /// A webhook body waiting to be applied.
 type Body = (Vec<StatusUpdate>, UnixTime, Reply);
 
-fn flush_loop(db: &sled::Db, trees: &StatusTrees, rx: &mpsc::Receiver<Job>) {
+fn flush_loop(
+    db: &sled::Db,
+    files: Option<&SharedFiles>,
+    trees: &StatusTrees,
+    rx: &mpsc::Receiver<Job>,
+) {
     let mut last_flush = Instant::now() - MIN_GAP;
     // Ends when every `GroupCommit` handle is dropped.
     while let Ok(first) = rx.recv() {
@@ -116,7 +204,7 @@ fn flush_loop(db: &sled::Db, trees: &StatusTrees, rx: &mpsc::Receiver<Job>) {
             }
         }
         let replies = apply_bodies(trees, bodies);
-        let flushed = db.flush().map(drop).map_err(|e| e.to_string());
+        let flushed = flush_to_disk(db, files);
         for (reply, applied) in replies {
             let answer = match (&flushed, applied) {
                 (Ok(()), applied) => applied,

@@ -124,6 +124,8 @@ pub struct SledStore {
     not_on_whatsapp: sled::Tree,
     state: sled::Tree,
     commit: GroupCommit,
+    /// sled's files on disk, synced after a flush (see `commit.rs`).
+    files: Option<commit::SharedFiles>,
     /// Where webhook statuses and checks are made durable; `None` for a
     /// store that lives in memory, which flushes instead.
     wal: Option<wal::Wal>,
@@ -172,7 +174,9 @@ impl SledStore {
         // The page cache is bounded, so resident memory stays flat however
         // much the store holds.
         let config = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES);
-        let mut store = Self::from_db(config.open()?)?;
+        let db = config.open()?;
+        let files = commit::SledFiles::open(dir)?;
+        let mut store = Self::from_db(db, Some(files))?;
         // Replays what the log holds before anything reads the store.
         store.wal = Some(wal::Wal::open(&dir.join(wal::DIR), &store)?);
         Ok(store)
@@ -194,7 +198,8 @@ impl SledStore {
         Ok(())
     }
 
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+    /// `files` is `None` for a store that lives in memory.
+    fn from_db(db: sled::Db, files: Option<commit::SharedFiles>) -> Result<Self, StoreError> {
         let verifications = Verifications::new(db.open_tree("verifications")?);
         let messages = Messages::new(db.open_tree("messages")?);
         let parked = db.open_tree("parked")?;
@@ -206,7 +211,7 @@ impl SledStore {
             parked_by_time: parked_by_time.clone(),
             logged: false,
         };
-        let commit = GroupCommit::start(db.clone(), trees);
+        let commit = GroupCommit::start(db.clone(), trees, files.clone());
         let counters = db.open_tree("counters")?;
         Ok(Self {
             verifications,
@@ -224,6 +229,7 @@ impl SledStore {
             not_on_whatsapp: db.open_tree("not_on_whatsapp")?,
             state: db.open_tree("state")?,
             commit,
+            files,
             wal: None,
             watch: None,
             db,

@@ -8,7 +8,7 @@ use crate::domain::{
 use crate::store::{Counter, Refused};
 
 fn temp_store() -> SledStore {
-    SledStore::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
+    SledStore::from_db(sled::Config::new().temporary(true).open().unwrap(), None).unwrap()
 }
 
 /// A pending verification numbered `n`, created at 1,000 s; the log's

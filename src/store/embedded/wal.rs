@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::commit::GroupCommit;
+use super::commit::{self, GroupCommit};
 use super::counters;
 use super::{SledStore, StatusTrees, StatusUpdate, StoreError, Tally};
 use crate::clock::UnixTime;
@@ -226,7 +226,7 @@ impl Wal {
             })?,
         };
         if !segments.is_empty() {
-            store.db.flush()?;
+            commit::flush_to_disk(&store.db, store.files.as_ref()).map_err(StoreError::Flush)?;
             tracing::info!(segments = segments.len(), records, "write-ahead log replayed");
         }
         let disk = Directory::new(dir.to_owned());

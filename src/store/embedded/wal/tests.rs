@@ -104,7 +104,7 @@ impl Forgetful {
 }
 
 fn memory_store() -> SledStore {
-    SledStore::from_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
+    SledStore::from_db(sled::Config::new().temporary(true).open().unwrap(), None).unwrap()
 }
 
 #[actix_web::test]
