@@ -5,6 +5,8 @@
 # instances on one Redis), then runs the integration suite again with Redis
 # as the store, and once more on the cluster. Arguments go to every
 # `cargo test` run, e.g. a test name to run only the tests that match.
+# Without arguments, the power-loss tests run last: sled on a FUSE
+# filesystem that forgets what was not synced (scripts/lossyfs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -124,3 +126,43 @@ echo "test: == the integration suite on Redis"
 WAVERIFY_TEST_STORE=redis bounded cargo test --locked --test api "$@"
 echo "test: == the integration suite on a Redis Cluster"
 WAVERIFY_TEST_STORE=redis-cluster bounded cargo test --locked --test api "$@"
+
+# The power-loss tests need FUSE (/dev/fuse and the right to mount), libfuse2
+# and python3's fusepy; the last two are installed here when missing. A
+# machine where FUSE cannot mount at all skips them, and says so.
+if [ "$#" -gt 0 ]; then
+  echo "test: power-loss tests not run: arguments were given"
+  exit 0
+fi
+echo "test: == power-loss tests (sled on scripts/lossyfs.py)"
+if ! python3 -c 'import fuse' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test: installing libfuse2 (Debian's package) and fusepy (PyPI)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse2 >/dev/null 2>&1 ||
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse2t64 >/dev/null
+    python3 -m pip install -q --disable-pip-version-check fusepy==3.0.1 >/dev/null 2>&1 ||
+      die "fusepy could not be installed: python3 -m pip install fusepy==3.0.1"
+  fi
+  python3 -c 'import fuse' >/dev/null 2>&1 ||
+    die "the power-loss tests need libfuse2 and python3's fusepy: apt-get install libfuse2; python3 -m pip install fusepy==3.0.1"
+fi
+# Whether FUSE mounts here at all: a mount of lossyfs, then unmounted.
+mkdir -p "$dir/probe/backing" "$dir/probe/mount"
+python3 scripts/lossyfs.py "$dir/probe/backing" "$dir/probe/mount" >"$dir/probe/log" 2>&1 &
+probe=$!
+for _ in $(seq 100); do
+  grep -q 'lossyfs: mounted' "$dir/probe/log" 2>/dev/null && break
+  kill -0 "$probe" 2>/dev/null || break
+  sleep 0.05
+done
+if grep -q 'lossyfs: mounted' "$dir/probe/log" 2>/dev/null; then
+  kill -9 "$probe" 2>/dev/null || true
+  wait "$probe" 2>/dev/null || true
+  umount -l "$dir/probe/mount" 2>/dev/null || fusermount -uz "$dir/probe/mount"
+  bounded cargo test --locked --test api power_loss -- --ignored
+else
+  kill -9 "$probe" 2>/dev/null || true
+  wait "$probe" 2>/dev/null || true
+  echo "test: *** power-loss tests NOT RUN: FUSE does not mount on this machine: $(tr '\n' ' ' <"$dir/probe/log")"
+fi

@@ -19,6 +19,13 @@
 //! 200 reported. Neither webhooks nor checks flush sled before they
 //! answer: what a kill takes from sled comes back from the write-ahead
 //! log, so both tests fail if its replay is skipped.
+//!
+//! Both run a second time as power-loss tests: the store lies on a mount
+//! of `scripts/lossyfs.py`, which holds whatever was written in memory
+//! until it is synced, and the filesystem is killed right after the
+//! server. What the next mount shows is then what a power cut would have
+//! left: only what was synced. The verifications created (201) must
+//! survive too. Those tests need FUSE, and are run by `scripts/test.sh`.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -30,7 +37,7 @@ use serde_json::{json, Value};
 use waverify::clock::rfc3339;
 use waverify::whatsapp::signature::sign;
 
-use crate::helpers::{base_vars, status_body, API_KEY, APP_SECRET};
+use crate::helpers::{base_vars, on_redis, status_body, API_KEY, APP_SECRET};
 
 /// Kills, each followed by a restart on the same store.
 const ROUNDS: usize = 4;
@@ -65,6 +72,128 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+/// Where a test's server keeps its store, and what a crash does to it.
+struct Disk {
+    /// The store's directory.
+    data: PathBuf,
+    /// The filesystem that forgets what was not synced, for a power cut;
+    /// `None`: a crash only kills the server.
+    lossy: Option<LossyFs>,
+}
+
+impl Disk {
+    fn plain(dir: &Path) -> Self {
+        Self { data: dir.join("data"), lossy: None }
+    }
+
+    /// A store on a fresh lossyfs mount inside `dir`.
+    fn lossy(dir: &Path) -> Self {
+        assert!(!on_redis(), "a power cut is a test of the embedded store only");
+        let lossy = LossyFs::mount(dir);
+        Self { data: lossy.mount.join("data"), lossy: Some(lossy) }
+    }
+
+    /// After the server was killed: with lossyfs, the power goes too, and
+    /// comes back.
+    fn after_kill(&mut self) {
+        if let Some(lossy) = &mut self.lossy {
+            lossy.power_cut();
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        if self.lossy.is_some() {
+            "power cut"
+        } else {
+            "SIGKILL"
+        }
+    }
+}
+
+/// A mount of `scripts/lossyfs.py` over a backing directory.
+struct LossyFs {
+    backing: PathBuf,
+    mount: PathBuf,
+    logs: PathBuf,
+    daemon: Option<Child>,
+    mounts: usize,
+}
+
+impl LossyFs {
+    fn mount(dir: &Path) -> Self {
+        let (backing, mount) = (dir.join("backing"), dir.join("mount"));
+        std::fs::create_dir_all(&backing).unwrap();
+        std::fs::create_dir_all(&mount).unwrap();
+        let mut fs = Self { backing, mount, logs: dir.to_owned(), daemon: None, mounts: 0 };
+        fs.start();
+        fs
+    }
+
+    fn start(&mut self) {
+        self.mounts += 1;
+        let log = self.logs.join(format!("lossyfs-{}.log", self.mounts));
+        let out = std::fs::File::create(&log).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lossyfs.py");
+        let mut daemon = Command::new("python3")
+            .arg(script)
+            .arg(&self.backing)
+            .arg(&self.mount)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("python3 runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("lossyfs: mounted") {
+                break;
+            }
+            if let Some(exit) = daemon.try_wait().unwrap() {
+                panic!("lossyfs did not mount ({exit}); it needs FUSE, libfuse2 and fusepy:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "lossyfs did not mount in 10 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.daemon = Some(daemon);
+    }
+
+    /// Kills the filesystem, and with it everything written and not
+    /// synced, then mounts it again over what was.
+    fn power_cut(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            assert!(unmount(&self.mount), "{} could not be unmounted", self.mount.display());
+        }
+    }
+}
+
+impl Drop for LossyFs {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            unmount(&self.mount);
+        }
+    }
+}
+
+/// Unmounts a mount whose filesystem is gone: as root with `umount`,
+/// otherwise with FUSE's own `fusermount`.
+fn unmount(mount: &Path) -> bool {
+    let ran = |program: &str, flags: &str| {
+        let status = Command::new(program).arg(flags).arg(mount).stderr(Stdio::null()).status();
+        status.is_ok_and(|s| s.success())
+    };
+    ran("umount", "-l") || ran("fusermount", "-uz")
 }
 
 pub(crate) struct Server {
@@ -355,7 +484,7 @@ async fn check_round(http: &awc::Client, base: &str, round: usize, pool: &[Messa
         if let Some(acknowledged) = m.earliest_acknowledged {
             let stored = stored.unwrap_or_else(|| {
                 panic!(
-                    "{context}: read at {} was answered 200, and after the kill the delivery \
+                    "{context}: read at {} was answered 200, and after the crash the delivery \
                      is {d}",
                     rfc3339(acknowledged)
                 )
@@ -363,7 +492,7 @@ async fn check_round(http: &awc::Client, base: &str, round: usize, pool: &[Messa
             assert_eq!(d["status"], "read", "{context}: {v}");
             assert!(
                 stored <= acknowledged,
-                "{context}: read at {} was answered 200, yet after the kill the read time is \
+                "{context}: read at {} was answered 200, yet after the crash the read time is \
                  the later {}: {v}",
                 rfc3339(acknowledged),
                 rfc3339(stored)
@@ -385,6 +514,18 @@ async fn check_round(http: &awc::Client, base: &str, round: usize, pool: &[Messa
 
 #[actix_web::test]
 async fn statuses_answered_200_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    statuses_survive(dir.path(), &mut Disk::plain(dir.path())).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs FUSE, libfuse2 and python3's fusepy; scripts/test.sh runs it"]
+async fn statuses_answered_200_survive_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    statuses_survive(dir.path(), &mut Disk::lossy(dir.path())).await;
+}
+
+async fn statuses_survive(logs: &Path, disk: &mut Disk) {
     let seed = match std::env::var("DURABILITY_SEED") {
         Ok(s) => s.parse().expect("DURABILITY_SEED is a u64"),
         Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
@@ -392,8 +533,6 @@ async fn statuses_answered_200_survive_kill_9() {
     println!("durability: seed {seed} (DURABILITY_SEED={seed} replays the same choices)");
     let rng = RefCell::new(Rng(seed));
     let next_timestamp = Cell::new(FIRST_TIMESTAMP);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let http = client();
     let began = Instant::now();
 
@@ -402,7 +541,7 @@ async fn statuses_answered_200_survive_kill_9() {
     let mut settled: Vec<(Vec<Message>, Vec<Value>)> = Vec::new();
     let mut previous: Option<Vec<Message>> = None;
     for round in 0..=ROUNDS {
-        let mut server = start(&data, dir.path(), &format!("start-{round}"));
+        let mut server = start(&disk.data, logs, &format!("start-{round}"));
         let base = server.base.clone();
         if let Some(pool) = previous.take() {
             let deliveries = check_round(&http, &base, round - 1, &pool).await;
@@ -447,6 +586,7 @@ async fn statuses_answered_200_survive_kill_9() {
         let (_, killed_at) = futures_util::future::join(workers, killer).await;
         let exit = server.child.wait().unwrap();
         drop(server);
+        disk.after_kill();
 
         let unexpected = storm.unexpected.take();
         assert!(unexpected.is_empty(), "round {round}: unexpected answers: {unexpected:?}");
@@ -465,8 +605,9 @@ async fn statuses_answered_200_survive_kill_9() {
         }
         let statuses: usize = acknowledged.iter().map(|&n| bodies[n].len()).sum();
         println!(
-            "round {round}: killed at {killed_at:?} (drawn {kill_after:?}; {exit}): {} bodies \
+            "round {round}: {} at {killed_at:?} (drawn {kill_after:?}; {exit}): {} bodies \
              posted, {} answered 200 ({statuses} statuses), {} without an answer",
+            disk.what(),
             bodies.len(),
             acknowledged.len(),
             storm.unanswered.get()
@@ -477,7 +618,7 @@ async fn statuses_answered_200_survive_kill_9() {
         );
         previous = Some(pool);
     }
-    println!("durability: {ROUNDS} kills in {:?}", began.elapsed());
+    println!("durability: {ROUNDS} kills ({}) in {:?}", disk.what(), began.elapsed());
 }
 
 /// Checks per verification: wrong codes only, so each verification takes
@@ -496,18 +637,28 @@ fn check_number(round: usize, index: usize) -> String {
 /// back from the write-ahead log.
 #[actix_web::test]
 async fn checks_answered_200_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    checks_survive(dir.path(), &mut Disk::plain(dir.path())).await;
+}
+
+#[actix_web::test]
+#[ignore = "needs FUSE, libfuse2 and python3's fusepy; scripts/test.sh runs it"]
+async fn checks_answered_200_survive_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    checks_survive(dir.path(), &mut Disk::lossy(dir.path())).await;
+}
+
+async fn checks_survive(logs: &Path, disk: &mut Disk) {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     println!("check durability: seed {seed}");
     let rng = RefCell::new(Rng(seed));
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let http = client();
     let vars = [
         ("WAVERIFY_MAX_ATTEMPTS", CHECK_ATTEMPTS.to_string()),
         ("WAVERIFY_CLIENT_REQUESTS_PER_MINUTE", "10000000".to_owned()),
     ];
     for round in 0..3 {
-        let mut server = start_extra(&data, dir.path(), &format!("check-{round}"), &vars);
+        let mut server = start_extra(&disk.data, logs, &format!("check-{round}"), &vars);
         let base = server.base.clone();
         let url = format!("{base}/v1/verifications");
         let created =
@@ -573,11 +724,12 @@ async fn checks_answered_200_survive_kill_9() {
         futures_util::future::join(join_all((0..IN_FLIGHT).map(|_| worker())), killer).await;
         server.child.wait().unwrap();
         drop(server);
+        disk.after_kill();
         let unexpected = unexpected.take();
         assert!(unexpected.is_empty(), "round {round}: unexpected answers: {unexpected:?}");
         assert!(acknowledged.get() > 0, "round {round}: no check was answered 200");
 
-        let server = start_extra(&data, dir.path(), &format!("check-{round}-after"), &vars);
+        let server = start_extra(&disk.data, logs, &format!("check-{round}-after"), &vars);
         let polled =
             join_all(ids.iter().map(|id| {
                 api(&http, "GET", format!("{}/v1/verifications/{id}", server.base), None)
@@ -591,7 +743,7 @@ async fn checks_answered_200_survive_kill_9() {
             assert!(
                 left <= least[i],
                 "round {round}: a check answered 200 with {} attempts left, yet after the \
-                 kill {left} are left: {v}",
+                 crash {left} are left: {v}",
                 least[i]
             );
             assert!(left >= CHECK_ATTEMPTS.saturating_sub(sent[i]), "round {round}: {v}");
@@ -601,8 +753,9 @@ async fn checks_answered_200_survive_kill_9() {
             beyond += usize::from(left < least[i]);
         }
         println!(
-            "round {round}: killed after {kill_after:?}, {} checks answered 200; {beyond} \
+            "round {round}: {} after {kill_after:?}, {} checks answered 200; {beyond} \
              verifications also kept tries whose answer never came",
+            disk.what(),
             acknowledged.get()
         );
         drop(server);
