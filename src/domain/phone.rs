@@ -53,8 +53,10 @@ impl PhoneNumber {
 
     /// A form safe to show back to an API client: the leading digits (mostly
     /// the country and area code), five stars whatever the length, and the
-    /// last digits, e.g. `+1555*****234`.
+    /// last digits, e.g. `+1555*****234`. At least four digits are always
+    /// hidden, so short numbers show fewer at the end.
     pub fn masked(&self) -> String {
+        const HIDDEN: usize = 4;
         let digits = self.digits();
         let n = digits.len();
         let head = match n {
@@ -63,6 +65,7 @@ impl PhoneNumber {
             _ => 2,
         };
         let tail = if n >= 10 { 3 } else { 2 };
+        let tail = tail.min(n - head - HIDDEN);
         format!("+{}*****{}", &digits[..head], &digits[n - tail..])
     }
 }
@@ -155,7 +158,8 @@ mod tests {
         let cases = [
             ("+15550001234", "+1555*****234"),
             ("+4930123456", "+493*****456"),
-            ("+6834002", "+68*****02"),
+            ("+6834002", "+68*****2"),
+            ("+68340021", "+68*****21"),
             ("+123456789012345", "+1234*****345"),
         ];
         for (raw, want) in cases {
