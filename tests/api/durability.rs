@@ -152,7 +152,9 @@ impl LossyFs {
                 break;
             }
             if let Some(exit) = daemon.try_wait().unwrap() {
-                panic!("lossyfs did not mount ({exit}); it needs FUSE, libfuse2 and fusepy:\n{text}");
+                panic!(
+                    "lossyfs did not mount ({exit}); it needs FUSE, libfuse2 and fusepy:\n{text}"
+                );
             }
             assert!(Instant::now() < deadline, "lossyfs did not mount in 10 s:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
