@@ -107,10 +107,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, sandbox: Arc<Sandbox>) {
         .route("/sandbox/messages", web::get().to(list_messages));
 }
 
-/// `GET /sandbox/messages`: newest first.
+/// `GET /sandbox/messages`: newest first, each message's fields in the
+/// order they are declared (a `serde_json::Value` would sort them).
 async fn list_messages(
     _: Authenticated,
     sandbox: web::Data<Sandbox>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(serde_json::json!({"messages": sandbox.messages()})))
+    #[derive(Serialize)]
+    struct Listed {
+        messages: Vec<SandboxMessage>,
+    }
+    Ok(HttpResponse::Ok().json(Listed { messages: sandbox.messages() }))
 }

@@ -8,6 +8,12 @@ use crate::helpers::*;
 async fn sandbox_code(app: &TestApp, id: &str) -> Option<Value> {
     let list = app.get("/sandbox/messages").await;
     assert_eq!(list.status, 200, "{}", list.text);
+    // The fields come in the README's order.
+    let keys = ["channel", "message_id", "verification_id", "to", "code", "text", "outcome"];
+    let at: Vec<_> = keys.iter().map(|k| list.text.find(&format!("\"{k}\":"))).collect();
+    if at.iter().all(Option::is_some) {
+        assert!(at.is_sorted(), "fields out of order: {}", list.text);
+    }
     list.json()["messages"].as_array().unwrap().iter().find(|m| m["verification_id"] == id).cloned()
 }
 
