@@ -168,6 +168,9 @@ impl SledStore {
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             builder.create(dir)?;
+            // Its name, durable before anything in it is relied on.
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
         }
         // Every acknowledged write is flushed explicitly (group commit);
         // sled's own timer would only add flushes that nothing waits for.
