@@ -5,10 +5,13 @@
 //! Nothing written completes after that, and a server caught by it would
 //! hang for good with its port open. So a thread writes and flushes a
 //! heartbeat every few seconds. `/healthz` answers 503 once the last
-//! heartbeat is five beats old, and once none has finished for
-//! [`STALL`], the process says why and exits. Every request it answered is
-//! on disk already (the write-ahead log and sled's flushes), so a restart
-//! by its supervisor loses nothing and replays the log.
+//! heartbeat that succeeded is five beats old (a disk that fails every
+//! write is as unusable as a hung one), and once none has even finished
+//! for [`STALL`], the process says why and exits. Every request it
+//! answered is on disk already (the write-ahead log and sled's flushes), so
+//! a restart by its supervisor loses nothing and replays the log. A store
+//! whose writes fail is not exited from: its callers get errors, and a
+//! restart would not mend the disk.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -31,12 +34,15 @@ pub(super) struct Watch {
     beating: Option<thread::JoinHandle<()>>,
 }
 
-/// When the last heartbeat finished, shared by the threads.
+/// When the last heartbeats ended, shared by the threads.
 #[derive(Clone)]
 struct Heartbeat {
     start: Instant,
-    /// Milliseconds from `start` to the end of the last heartbeat.
+    /// Milliseconds from `start` to the end of the last heartbeat,
+    /// whether it succeeded or failed.
     last: Arc<AtomicU64>,
+    /// The same, of the last heartbeat that succeeded.
+    last_ok: Arc<AtomicU64>,
     every: Duration,
     stopped: Arc<AtomicBool>,
 }
@@ -44,8 +50,8 @@ struct Heartbeat {
 impl Watch {
     /// Starts the thread that calls `beat` every `every`, and the one that
     /// calls `stalled` (once) when no beat has finished for `stall`. A beat
-    /// that fails counts as done: the store answered, which is all this
-    /// watches; a failed write is answered as an error where it happens.
+    /// that fails has finished: the store answered, with an error, as it
+    /// does to every caller; but the store is not fresh until one succeeds.
     pub(super) fn start(
         beat: impl Fn() -> Result<(), sled::Error> + Send + 'static,
         every: Duration,
@@ -55,6 +61,7 @@ impl Watch {
         let heartbeat = Heartbeat {
             start: Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
+            last_ok: Arc::new(AtomicU64::new(0)),
             every,
             stopped: Arc::new(AtomicBool::new(false)),
         };
@@ -62,10 +69,10 @@ impl Watch {
         let beating = heartbeat.clone();
         let beating =
             thread::Builder::new().name("waverify-heartbeat".into()).spawn(move || loop {
-                if let Err(error) = beat() {
+                let ok = beat().map_err(|error| {
                     tracing::warn!(%error, "store heartbeat: the write failed");
-                }
-                beating.touch();
+                });
+                beating.touch(ok.is_ok());
                 if stopping.recv_timeout(beating.every) != Err(RecvTimeoutError::Timeout) {
                     return;
                 }
@@ -84,9 +91,9 @@ impl Watch {
         Ok(Self { heartbeat, stop: Some(stop), beating: Some(beating) })
     }
 
-    /// Whether the store finished a heartbeat lately: within five beats.
+    /// Whether a heartbeat succeeded lately: within five beats.
     pub(super) fn fresh(&self) -> bool {
-        self.heartbeat.quiet_for() < self.heartbeat.every * 5
+        self.heartbeat.since(&self.heartbeat.last_ok) < self.heartbeat.every * 5
     }
 }
 
@@ -103,14 +110,21 @@ impl Drop for Watch {
 }
 
 impl Heartbeat {
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis();
-        self.last.store(u64::try_from(now).unwrap_or(u64::MAX), Relaxed);
+    fn touch(&self, ok: bool) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Relaxed);
+        if ok {
+            self.last_ok.store(now, Relaxed);
+        }
     }
 
     /// How long since the last heartbeat finished.
     fn quiet_for(&self) -> Duration {
-        self.start.elapsed().saturating_sub(Duration::from_millis(self.last.load(Relaxed)))
+        self.since(&self.last)
+    }
+
+    fn since(&self, at: &AtomicU64) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(at.load(Relaxed)))
     }
 }
 
@@ -167,6 +181,27 @@ mod tests {
         assert!(started.elapsed() < STALL * 3, "noticed late: {:?}", started.elapsed());
         assert!(!watch.fresh(), "/healthz would still answer 200");
         drop(hang);
+    }
+
+    #[test]
+    fn a_store_whose_writes_fail_is_unhealthy_but_not_exited_from() {
+        let failing = Arc::new(AtomicBool::new(false));
+        let fails = failing.clone();
+        let beat = move || match fails.load(Relaxed) {
+            true => Err(sled::Error::Io(std::io::Error::other("the disk is gone"))),
+            false => Ok(()),
+        };
+        let (tx, rx) = mpsc::channel();
+        let watch = Watch::start(beat, EVERY, STALL, move |q| tx.send(q).unwrap()).unwrap();
+        thread::sleep(EVERY * 2);
+        assert!(watch.fresh());
+        failing.store(true, Relaxed);
+        thread::sleep(EVERY * 8);
+        assert!(!watch.fresh(), "/healthz would answer 200 while every write fails");
+        assert!(rx.recv_timeout(STALL * 2).is_err(), "exited for writes that fail");
+        failing.store(false, Relaxed);
+        thread::sleep(EVERY * 3);
+        assert!(watch.fresh(), "still unhealthy once writes succeed again");
     }
 
     #[test]
