@@ -47,11 +47,18 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The help text. A reader that goes away early (`waverify --help | head`)
+/// ends the printing, not the process with a panic.
 fn print_help() {
-    println!("waverify: one-time login codes over WhatsApp\n");
-    println!("usage: waverify [--bind ADDR] [--data-dir DIR]\n");
-    println!("Configuration comes from these environment variables:");
-    for (name, meaning) in VARIABLES {
-        println!("  {name:<30} {meaning}");
-    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = (|| -> std::io::Result<()> {
+        writeln!(out, "waverify: one-time login codes over WhatsApp\n")?;
+        writeln!(out, "usage: waverify [--bind ADDR] [--data-dir DIR]\n")?;
+        writeln!(out, "Configuration comes from these environment variables:")?;
+        for (name, meaning) in VARIABLES {
+            writeln!(out, "  {name:<30} {meaning}")?;
+        }
+        out.flush()
+    })();
 }
