@@ -25,8 +25,19 @@ pub async fn handshake(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| ApiError::HandshakeRefused)?;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|_| ApiError::HandshakeRefused)?
+        .into_inner();
+    let mut query = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        // A field given twice is not Meta's: refused rather than one of
+        // the two picked.
+        if name.starts_with("hub.") && query.contains_key(&name) {
+            tracing::warn!("webhook verification handshake refused: a field repeated");
+            return Err(ApiError::HandshakeRefused);
+        }
+        query.insert(name, value);
+    }
     let field = |name: &str| query.get(name).map(String::as_str);
     let token_ok =
         field("hub.verify_token").is_some_and(|t| state.verify_token.matches(t.as_bytes()));

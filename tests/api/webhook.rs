@@ -45,6 +45,16 @@ async fn the_handshake_echoes_the_challenge_for_the_right_token_only() {
         "hub.mode=subscribe&hub.challenge=1".to_owned(),
         String::new(),
         "hub.mode=%ZZ".to_owned(),
+        // A field given twice, whichever of the two is right.
+        format!(
+            "hub.mode=subscribe&hub.verify_token=x&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1"
+        ),
+        format!(
+            "hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.verify_token=x&hub.challenge=1"
+        ),
+        format!(
+            "hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1&hub.challenge=2"
+        ),
     ];
     for query in refused {
         let reply = handshake(&app, &query).await;
