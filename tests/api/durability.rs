@@ -136,7 +136,7 @@ impl LossyFs {
         let log = self.logs.join(format!("lossyfs-{}.log", self.mounts));
         let out = std::fs::File::create(&log).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lossyfs.py");
-        let mut daemon = Command::new("python3")
+        let daemon = Command::new("python3")
             .arg(script)
             .arg(&self.backing)
             .arg(&self.mount)
@@ -145,11 +145,13 @@ impl LossyFs {
             .stderr(Stdio::from(out))
             .spawn()
             .expect("python3 runs");
+        // Held here from now on, so that a failed mount is cleaned up too.
+        let daemon = self.daemon.insert(daemon);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("lossyfs: mounted") {
-                break;
+                return;
             }
             if let Some(exit) = daemon.try_wait().unwrap() {
                 panic!(
@@ -159,7 +161,6 @@ impl LossyFs {
             assert!(Instant::now() < deadline, "lossyfs did not mount in 10 s:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.daemon = Some(daemon);
     }
 
     /// Kills the filesystem, and with it everything written and not

@@ -278,11 +278,12 @@ proptest! {
     }
 }
 
-/// Verifications come and go; the space they took must come back.
 /// Set in the child process that [`the_store_does_not_grow_under_churn`]
 /// starts.
 const CHURN_CHILD: &str = "WAVERIFY_CHURN_CHILD";
 
+/// Verifications come and go; the space they took must come back.
+///
 /// The churn runs in a child process: sled 0.34 can deadlock while it
 /// shrinks its file (a truncation waits in sled's process-wide I/O pool
 /// behind tasks that wait for the lock its waiter holds), and this test
