@@ -228,3 +228,32 @@ fn apply_bodies(trees: &StatusTrees, bodies: Vec<Body>) -> Vec<StatusReply> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_blob_file_is_synced_once_and_forgotten_once_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
+        let files = SledFiles::open(dir.path()).unwrap();
+        let mut files = files.lock().unwrap();
+        assert!(files.synced_blobs.is_empty());
+        let blobs = dir.path().join("blobs");
+        fs::create_dir_all(&blobs).unwrap();
+        fs::write(blobs.join("17"), b"a value too large for the log").unwrap();
+        fs::write(blobs.join("42"), b"another").unwrap();
+        files.sync().unwrap();
+        let synced = |files: &SledFiles| {
+            let mut names: Vec<_> = files.synced_blobs.iter().cloned().collect();
+            names.sort();
+            names
+        };
+        assert_eq!(synced(&files), ["17", "42"]);
+        fs::remove_file(blobs.join("17")).unwrap();
+        files.sync().unwrap();
+        assert_eq!(synced(&files), ["42"]);
+        drop(db);
+    }
+}
