@@ -3,27 +3,33 @@
 
     python3 scripts/lossyfs.py BACKING MOUNTPOINT
 
-MOUNTPOINT shows the files of BACKING. What is written to a file is kept in
-this process's memory, and reaches BACKING only when the file is synced
-(fsync or fdatasync); so is a change of a file's length (truncate). Killing
-this process with SIGKILL is then a power cut as far as file contents go:
-BACKING holds exactly what was synced, and the next mount over it shows
-that. Unmount the dead mount first (umount -l MOUNTPOINT, as root).
+Everything written under MOUNTPOINT is kept in this process's memory until
+it is synced, and only what was synced reaches BACKING:
+- a file's contents and length, by fsync or fdatasync of the file;
+- the names in a directory (files and directories created, renamed or
+  deleted there), by fsync of the directory.
+Killing this process with SIGKILL is then a power cut: BACKING holds
+exactly what was synced, and the next mount over it shows that. Unmount the
+dead mount first (umount -l MOUNTPOINT, as root).
 
-Creating, renaming and deleting files and directories take effect in
-BACKING at once, as if every directory were synced after each change: a
-gentler disk than a real one, which can also lose those. The test that uses
-this checks that what a server acknowledged was synced; the server also
-syncs its directories where it relies on a name.
+This is stricter than most real filesystems, which also write out what was
+not synced now and then, and in any order; what a program may rely on after
+a power cut is what this keeps. Names are kept by path: renaming a
+directory does not carry the durable names inside it along.
 
-Prints "lossyfs: mounted" once the mount is ready. Needs the fusepy module
-and libfuse2 (Debian's package libfuse2). Runs in the foreground, one
-request at a time.
+BACKING holds this filesystem's own layout (names.json, and each file's
+synced contents under data/), not a copy of the tree. Prints
+"lossyfs: mounted" once the mount is ready. Needs the fusepy module and
+libfuse2 (Debian's package libfuse2). Runs in the foreground, one request at
+a time.
 """
 
 import errno
+import json
 import os
+import stat
 import sys
+import time
 
 from fuse import FUSE, FuseOSError, Operations
 
@@ -36,80 +42,222 @@ class Unsynced:
     def __init__(self, size):
         # The length the file has now.
         self.size = size
-        # Bytes at or past this offset in BACKING are stale: the file was
-        # cut shorter than that since its last sync.
+        # Synced bytes at or past this offset are stale: the file was cut
+        # shorter than that since its last sync.
         self.floor = size
         # Page number -> the page as it is now (PAGE bytes).
         self.pages = {}
 
 
+def parent(path):
+    return os.path.dirname(path) or "/"
+
+
 class Lossy(Operations):
     def __init__(self, backing):
         self.backing = os.path.realpath(backing)
+        os.makedirs(os.path.join(self.backing, "data"), exist_ok=True)
+        self.names_file = os.path.join(self.backing, "names.json")
+        try:
+            with open(self.names_file) as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            saved = {"next": 1, "names": {}}
+        # What a sync of its directory made durable: path -> entry, an entry
+        # being {"dir": True, "mode": m} or {"ino": n, "mode": m}.
+        self.durable = {"/": {"dir": True, "mode": 0o755}}
+        self.durable.update(saved["names"])
+        self.next_ino = saved["next"]
+        # A name whose directory's own name was never synced is gone.
+        for path in sorted(self.durable, key=lambda p: p.count("/")):
+            if path != "/" and parent(path) not in self.durable:
+                del self.durable[path]
+        self.live = dict(self.durable)
         self.unsynced = {}
         self.fds = {}
 
-    # Paths and descriptors of BACKING.
+    # Names.
 
-    def real(self, path):
-        return os.path.join(self.backing, path.lstrip("/"))
+    def entry(self, path):
+        entry = self.live.get(path)
+        if entry is None:
+            raise FuseOSError(errno.ENOENT)
+        return entry
 
-    def fd(self, path):
-        fd = self.fds.get(path)
+    def file(self, path):
+        entry = self.entry(path)
+        if entry.get("dir"):
+            raise FuseOSError(errno.EISDIR)
+        return entry["ino"]
+
+    def new_name(self, path):
+        if path in self.live:
+            raise FuseOSError(errno.EEXIST)
+        if not self.live.get(parent(path), {}).get("dir"):
+            raise FuseOSError(errno.ENOENT)
+
+    def children(self, names, path):
+        return [p for p in names if p != "/" and parent(p) == path]
+
+    def create(self, path, mode, fi=None):
+        self.new_name(path)
+        ino = self.next_ino
+        self.next_ino += 1
+        self.forget_fd(ino)
+        self.unsynced.pop(ino, None)
+        os.close(os.open(self.data(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+        self.live[path] = {"ino": ino, "mode": stat.S_IMODE(mode)}
+        return 0
+
+    def mkdir(self, path, mode):
+        self.new_name(path)
+        self.live[path] = {"dir": True, "mode": stat.S_IMODE(mode)}
+
+    def unlink(self, path):
+        self.file(path)
+        del self.live[path]
+
+    def rmdir(self, path):
+        if not self.entry(path).get("dir"):
+            raise FuseOSError(errno.ENOTDIR)
+        if self.children(self.live, path):
+            raise FuseOSError(errno.ENOTEMPTY)
+        del self.live[path]
+
+    def rename(self, old, new):
+        moving = self.entry(old)
+        target = self.live.get(new)
+        if target is not None and target.get("dir") and self.children(self.live, new):
+            raise FuseOSError(errno.ENOTEMPTY)
+        if not self.live.get(parent(new), {}).get("dir"):
+            raise FuseOSError(errno.ENOENT)
+        self.live.pop(new, None)
+        inside = [p for p in self.live if p.startswith(old + "/")] if moving.get("dir") else []
+        self.live[new] = self.live.pop(old)
+        for path in inside:
+            self.live[new + path[len(old):]] = self.live.pop(path)
+
+    def readdir(self, path, fh):
+        if not self.entry(path).get("dir"):
+            raise FuseOSError(errno.ENOTDIR)
+        return [".", ".."] + [os.path.basename(p) for p in self.children(self.live, path)]
+
+    def fsyncdir(self, path, datasync, fh):
+        for name in self.children(self.durable, path):
+            del self.durable[name]
+        for name in self.children(self.live, path):
+            self.durable[name] = self.live[name]
+        names = {p: e for p, e in self.durable.items() if p != "/"}
+        temporary = self.names_file + ".new"
+        with open(temporary, "w") as f:
+            json.dump({"next": self.next_ino, "names": names}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temporary, self.names_file)
+        fd = os.open(self.backing, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return 0
+
+    def getattr(self, path, fh=None):
+        entry = self.entry(path)
+        now = time.time()
+        if entry.get("dir"):
+            return {"st_mode": stat.S_IFDIR | entry["mode"], "st_nlink": 2, "st_size": 4096,
+                    "st_uid": os.getuid(), "st_gid": os.getgid(), "st_atime": now,
+                    "st_mtime": now, "st_ctime": now}
+        ino = entry["ino"]
+        st = os.fstat(self.fd(ino))
+        state = self.unsynced.get(ino)
+        return {"st_mode": stat.S_IFREG | entry["mode"], "st_nlink": 1,
+                "st_size": state.size if state else st.st_size, "st_uid": os.getuid(),
+                "st_gid": os.getgid(), "st_atime": st.st_atime, "st_mtime": st.st_mtime,
+                "st_ctime": st.st_ctime, "st_blocks": st.st_blocks}
+
+    def chmod(self, path, mode):
+        self.entry(path)["mode"] = stat.S_IMODE(mode)
+
+    def chown(self, path, uid, gid):
+        self.entry(path)
+
+    def utimens(self, path, times=None):
+        self.entry(path)
+
+    def access(self, path, mode):
+        self.entry(path)
+
+    def statfs(self, path):
+        st = os.statvfs(self.backing)
+        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files",
+                "f_flag", "f_frsize", "f_namemax")
+        return {key: getattr(st, key) for key in keys}
+
+    # Contents: kept here until synced. A file's synced contents are
+    # BACKING/data/<its number>.
+
+    def data(self, ino):
+        return os.path.join(self.backing, "data", str(ino))
+
+    def fd(self, ino):
+        fd = self.fds.get(ino)
         if fd is None:
-            fd = os.open(self.real(path), os.O_RDWR)
-            self.fds[path] = fd
+            fd = os.open(self.data(ino), os.O_RDWR)
+            self.fds[ino] = fd
         return fd
 
-    def forget_fd(self, path):
-        fd = self.fds.pop(path, None)
+    def forget_fd(self, ino):
+        fd = self.fds.pop(ino, None)
         if fd is not None:
             os.close(fd)
 
-    def synced_size(self, path):
-        return os.fstat(self.fd(path)).st_size
+    def synced_size(self, ino):
+        return os.fstat(self.fd(ino)).st_size
 
-    def state(self, path):
-        state = self.unsynced.get(path)
+    def state(self, ino):
+        state = self.unsynced.get(ino)
         if state is None:
-            state = Unsynced(self.synced_size(path))
-            self.unsynced[path] = state
+            state = Unsynced(self.synced_size(ino))
+            self.unsynced[ino] = state
         return state
 
-    def synced_page(self, path, state, number):
-        """Page `number` as BACKING has it, zeros where it is stale."""
+    def page(self, ino, state, number):
+        page = state.pages.get(number)
+        if page is not None:
+            return page
         start = number * PAGE
-        valid = min(state.floor, self.synced_size(path)) - start
-        data = os.pread(self.fd(path), min(PAGE, max(valid, 0)), start) if valid > 0 else b""
+        valid = min(state.floor, self.synced_size(ino)) - start
+        data = os.pread(self.fd(ino), min(PAGE, valid), start) if valid > 0 else b""
         return bytearray(data.ljust(PAGE, b"\0"))
 
-    def page(self, path, state, number):
-        page = state.pages.get(number)
-        return page if page is not None else self.synced_page(path, state, number)
-
-    # File contents: kept here until synced.
+    def open(self, path, flags):
+        self.fd(self.file(path))
+        return 0
 
     def read(self, path, size, offset, fh):
-        state = self.unsynced.get(path)
+        ino = self.file(path)
+        state = self.unsynced.get(ino)
         if state is None:
-            return os.pread(self.fd(path), size, offset)
+            return os.pread(self.fd(ino), size, offset)
         end = min(offset + size, state.size)
         out = bytearray()
         position = offset
         while position < end:
             number, within = divmod(position, PAGE)
             take = min(PAGE - within, end - position)
-            out += self.page(path, state, number)[within : within + take]
+            out += self.page(ino, state, number)[within : within + take]
             position += take
         return bytes(out)
 
     def write(self, path, data, offset, fh):
-        state = self.state(path)
+        ino = self.file(path)
+        state = self.state(ino)
         position, written = offset, 0
         while written < len(data):
             number, within = divmod(position, PAGE)
             take = min(PAGE - within, len(data) - written)
-            page = self.page(path, state, number)
+            page = self.page(ino, state, number)
             page[within : within + take] = data[written : written + take]
             state.pages[number] = page
             position += take
@@ -118,24 +266,26 @@ class Lossy(Operations):
         return len(data)
 
     def truncate(self, path, length, fh=None):
-        state = self.state(path)
+        ino = self.file(path)
+        state = self.state(ino)
         if length < state.size:
             last = length // PAGE
             for number in [n for n in state.pages if n > last]:
                 del state.pages[number]
             within = length % PAGE
-            page = self.page(path, state, last)
+            page = self.page(ino, state, last)
             page[within:] = bytes(PAGE - within)
             state.pages[last] = page
             state.floor = min(state.floor, length)
         state.size = length
 
     def fsync(self, path, datasync, fh):
-        state = self.unsynced.pop(path, None)
+        ino = self.file(path)
+        state = self.unsynced.pop(ino, None)
         if state is None:
             return 0
-        fd = self.fd(path)
-        if state.floor < self.synced_size(path):
+        fd = self.fd(ino)
+        if state.floor < self.synced_size(ino):
             os.ftruncate(fd, state.floor)
         for number in sorted(state.pages):
             os.pwrite(fd, bytes(state.pages[number]), number * PAGE)
@@ -148,76 +298,6 @@ class Lossy(Operations):
 
     def release(self, path, fh):
         return 0
-
-    def fsyncdir(self, path, datasync, fh):
-        return 0
-
-    def open(self, path, flags):
-        self.fd(path)
-        return 0
-
-    def getattr(self, path, fh=None):
-        try:
-            st = os.lstat(self.real(path))
-        except OSError as e:
-            raise FuseOSError(e.errno)
-        keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime",
-                "st_ctime", "st_blocks")
-        attrs = {key: getattr(st, key) for key in keys}
-        state = self.unsynced.get(path)
-        if state is not None:
-            attrs["st_size"] = state.size
-        return attrs
-
-    # Names: applied to BACKING at once.
-
-    def create(self, path, mode, fi=None):
-        fd = os.open(self.real(path), os.O_RDWR | os.O_CREAT, mode)
-        self.forget_fd(path)
-        self.fds[path] = fd
-        return 0
-
-    def unlink(self, path):
-        os.unlink(self.real(path))
-        self.forget_fd(path)
-        self.unsynced.pop(path, None)
-
-    def rename(self, old, new):
-        os.rename(self.real(old), self.real(new))
-        self.forget_fd(old)
-        self.forget_fd(new)
-        self.unsynced.pop(new, None)
-        state = self.unsynced.pop(old, None)
-        if state is not None:
-            self.unsynced[new] = state
-
-    def mkdir(self, path, mode):
-        os.mkdir(self.real(path), mode)
-
-    def rmdir(self, path):
-        os.rmdir(self.real(path))
-
-    def readdir(self, path, fh):
-        return [".", ".."] + os.listdir(self.real(path))
-
-    def chmod(self, path, mode):
-        os.chmod(self.real(path), mode)
-
-    def chown(self, path, uid, gid):
-        os.chown(self.real(path), uid, gid)
-
-    def utimens(self, path, times=None):
-        os.utime(self.real(path), times)
-
-    def access(self, path, mode):
-        if not os.access(self.real(path), mode):
-            raise FuseOSError(errno.EACCES)
-
-    def statfs(self, path):
-        st = os.statvfs(self.real(path))
-        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files",
-                "f_flag", "f_frsize", "f_namemax")
-        return {key: getattr(st, key) for key in keys}
 
     def init(self, path):
         print("lossyfs: mounted", flush=True)
