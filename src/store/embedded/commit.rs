@@ -59,9 +59,13 @@ pub(super) struct GroupCommit {
 /// it keeps values too large for its log in ("blobs") it never syncs. Its
 /// periodic flusher would `fsync` now and then, but nothing waits for
 /// that. So after a flush returned, a power cut could still take what it
-/// wrote: this syncs the log file, and each blob file not synced yet.
+/// wrote: this syncs the log file, and each blob file not synced yet. sled
+/// also renames and deletes its snapshot files without syncing their
+/// directory, so the directory is synced too whenever its names changed.
 pub(super) struct SledFiles {
     db: File,
+    dir: PathBuf,
+    names: HashSet<OsString>,
     blobs: PathBuf,
     synced_blobs: HashSet<OsString>,
 }
@@ -76,17 +80,35 @@ impl SledFiles {
     pub(super) fn open(dir: &Path) -> io::Result<SharedFiles> {
         let db = File::open(dir.join("db"))?;
         File::open(dir.join("conf"))?.sync_all()?;
-        let mut files = Self { db, blobs: dir.join("blobs"), synced_blobs: HashSet::new() };
+        let mut files = Self {
+            db,
+            dir: dir.to_owned(),
+            names: HashSet::new(),
+            blobs: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+        };
         files.sync()?;
-        File::open(dir)?.sync_all()?;
         Ok(Arc::new(Mutex::new(files)))
     }
 
     /// Returns once what sled's last flush wrote is on disk.
     pub(super) fn sync(&mut self) -> io::Result<()> {
+        self.sync_blobs()?;
+        self.db.sync_data()?;
+        let names = fs::read_dir(&self.dir)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<io::Result<HashSet<_>>>()?;
+        if names != self.names {
+            File::open(&self.dir)?.sync_all()?;
+            self.names = names;
+        }
+        Ok(())
+    }
+
+    fn sync_blobs(&mut self) -> io::Result<()> {
         let entries = match fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.db.sync_data(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         let mut present = HashSet::new();
@@ -109,7 +131,7 @@ impl SledFiles {
         if added {
             File::open(&self.blobs)?.sync_all()?;
         }
-        self.db.sync_data()
+        Ok(())
     }
 }
 
@@ -232,6 +254,23 @@ fn apply_bodies(trees: &StatusTrees, bodies: Vec<Body>) -> Vec<StatusReply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_directory_is_synced_when_its_names_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
+        let files = SledFiles::open(dir.path()).unwrap();
+        let mut files = files.lock().unwrap();
+        assert!(files.names.contains(std::ffi::OsStr::new("db")), "{:?}", files.names);
+        let snapshot = dir.path().join("snap.0000000000000001");
+        fs::write(&snapshot, b"").unwrap();
+        files.sync().unwrap();
+        assert!(files.names.contains(std::ffi::OsStr::new("snap.0000000000000001")));
+        fs::remove_file(&snapshot).unwrap();
+        files.sync().unwrap();
+        assert!(!files.names.contains(std::ffi::OsStr::new("snap.0000000000000001")));
+        drop(db);
+    }
 
     #[test]
     fn each_blob_file_is_synced_once_and_forgotten_once_gone() {
