@@ -40,7 +40,9 @@ pub enum StoreError {
     Flush(String),
     #[error("write-ahead log: {0}")]
     Log(#[from] std::io::Error),
-    #[error("the store does not answer reads")]
+    #[error(
+        "the store is unavailable: it does not answer, or its writes have not succeeded lately"
+    )]
     Unavailable,
     #[error(
         "no answer from Redis within {0} s (a rediss:// URL to a server without TLS, or the \
