@@ -255,11 +255,17 @@ fn apply_bodies(trees: &StatusTrees, bodies: Vec<Body>) -> Vec<StatusReply> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_directory_is_synced_when_its_names_change() {
+    /// A sled store on disk, and its files as a server's store has them.
+    fn opened() -> (tempfile::TempDir, sled::Db, SharedFiles) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
         let files = SledFiles::open(dir.path()).unwrap();
+        (dir, db, files)
+    }
+
+    #[test]
+    fn the_directory_is_synced_when_its_names_change() {
+        let (dir, _db, files) = opened();
         let mut files = files.lock().unwrap();
         assert!(files.names.contains(std::ffi::OsStr::new("db")), "{:?}", files.names);
         let snapshot = dir.path().join("snap.0000000000000001");
@@ -269,14 +275,11 @@ mod tests {
         fs::remove_file(&snapshot).unwrap();
         files.sync().unwrap();
         assert!(!files.names.contains(std::ffi::OsStr::new("snap.0000000000000001")));
-        drop(db);
     }
 
     #[test]
     fn each_blob_file_is_synced_once_and_forgotten_once_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
-        let files = SledFiles::open(dir.path()).unwrap();
+        let (dir, _db, files) = opened();
         let mut files = files.lock().unwrap();
         assert!(files.synced_blobs.is_empty());
         let blobs = dir.path().join("blobs");
@@ -293,6 +296,5 @@ mod tests {
         fs::remove_file(blobs.join("17")).unwrap();
         files.sync().unwrap();
         assert_eq!(synced(&files), ["42"]);
-        drop(db);
     }
 }
