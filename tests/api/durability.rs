@@ -635,7 +635,8 @@ fn check_number(round: usize, index: usize) -> String {
 
 /// A check answered 200 used a try for good: after a SIGKILL and a
 /// restart, each verification has at most as many attempts left as the
-/// last 200 said, and no fewer than the checks sent allow. The kill lands
+/// last 200 said, and no fewer than the checks sent allow. A cancel
+/// answered 200 meanwhile holds too. The kill lands
 /// while checks are in flight, so what sled had not written out must come
 /// back from the write-ahead log.
 #[actix_web::test]
@@ -724,7 +725,27 @@ async fn checks_survive(logs: &Path, disk: &mut Disk) {
             killed.set(true);
             server.child.kill().expect("SIGKILL sent");
         };
-        futures_util::future::join(join_all((0..IN_FLIGHT).map(|_| worker())), killer).await;
+        // Meanwhile every eighth verification is cancelled, one after the
+        // other: a cancel is made durable by a sled flush, not the log.
+        let canceled = RefCell::new(Vec::new());
+        let canceller = async {
+            for index in (0..CHECK_POOL).step_by(8) {
+                if killed.get() {
+                    return;
+                }
+                let url = format!("{base}/v1/verifications/{}/cancel", ids[index]);
+                let req =
+                    http.post(&url).insert_header(("authorization", format!("Bearer {API_KEY}")));
+                match req.send().await.map(|res| res.status().as_u16()) {
+                    Ok(200) => canceled.borrow_mut().push(index),
+                    Ok(status) => unexpected.borrow_mut().push(format!("cancel: {status}")),
+                    Err(_) if killed.get() => return,
+                    Err(e) => unexpected.borrow_mut().push(format!("cancel before the kill: {e}")),
+                }
+            }
+        };
+        let workers = join_all((0..IN_FLIGHT).map(|_| worker()));
+        futures_util::future::join3(workers, canceller, killer).await;
         server.child.wait().unwrap();
         drop(server);
         disk.after_kill();
@@ -738,7 +759,7 @@ async fn checks_survive(logs: &Path, disk: &mut Disk) {
                 api(&http, "GET", format!("{}/v1/verifications/{id}", server.base), None)
             }))
             .await;
-        let (sent, least) = (sent.take(), least.take());
+        let (sent, least, canceled) = (sent.take(), least.take(), canceled.take());
         let mut beyond = 0;
         for (i, (status, v)) in polled.iter().enumerate() {
             assert_eq!(*status, 200, "round {round}: {v}");
@@ -750,16 +771,19 @@ async fn checks_survive(logs: &Path, disk: &mut Disk) {
                 least[i]
             );
             assert!(left >= CHECK_ATTEMPTS.saturating_sub(sent[i]), "round {round}: {v}");
-            if least[i] == 0 {
+            if canceled.contains(&i) {
+                assert_eq!(v["status"], "canceled", "round {round}: a cancel answered 200: {v}");
+            } else if least[i] == 0 {
                 assert_eq!(v["status"], "max_attempts_reached", "round {round}: {v}");
             }
             beyond += usize::from(left < least[i]);
         }
         println!(
-            "round {round}: {} after {kill_after:?}, {} checks answered 200; {beyond} \
-             verifications also kept tries whose answer never came",
+            "round {round}: {} after {kill_after:?}, {} checks and {} cancels answered 200; \
+             {beyond} verifications also kept tries whose answer never came",
             disk.what(),
-            acknowledged.get()
+            acknowledged.get(),
+            canceled.len()
         );
         drop(server);
     }
