@@ -5,6 +5,8 @@
 //! knows Meta's formats, `store` keeps state, and `sandbox` stands in for the
 //! Graph API when no Meta account is configured.
 
+#![deny(unsafe_code)]
+
 pub mod clock;
 pub mod domain;
 pub mod error;

@@ -35,6 +35,7 @@ mod commit;
 mod counters;
 mod fallback;
 mod purge;
+mod sched;
 mod statuses;
 mod wal;
 mod watchdog;

@@ -54,6 +54,7 @@ use tokio::sync::oneshot;
 
 use super::commit::{self, GroupCommit};
 use super::counters;
+use super::sched;
 use super::{SledStore, StatusTrees, StatusUpdate, StoreError, Tally};
 use crate::clock::UnixTime;
 use crate::domain::{Channel, Checked, Limit, Verification, VerificationId, VerificationStatus};
@@ -250,9 +251,12 @@ impl Wal {
         let (tx, rx) = mpsc::channel();
         let pressure = Arc::new(Pressure::default());
         let shared = pressure.clone();
-        let thread = thread::Builder::new()
-            .name("waverify-log".into())
-            .spawn(move || log_loop(log, &checkpoints, &rx, &shared, gap))?;
+        let thread = thread::Builder::new().name("waverify-log".into()).spawn(move || {
+            if let Err(error) = sched::run_as_batch() {
+                tracing::warn!(%error, "write-ahead log: SCHED_BATCH refused, runs as usual");
+            }
+            log_loop(log, &checkpoints, &rx, &shared, gap)
+        })?;
         let _ = pressure.log_thread.set(thread.thread().clone());
         Ok(Self { jobs: tx, pressure })
     }

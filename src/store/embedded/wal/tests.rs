@@ -187,6 +187,27 @@ async fn a_sync_waits_for_more_records_only_while_a_request_being_served_does_no
     drop(first);
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn the_log_thread_runs_as_batch_work() {
+    use crate::store::embedded::sched::tests::{policies_of, SCHED_BATCH};
+    let store = memory_store();
+    let disk = Arc::new(Forgetful::default());
+    let _wal = Wal::start(disk, 1, store.commit.clone(), Box::new(|| Ok(())), MIN_GAP).unwrap();
+    // A thread takes its name, and the log thread its policy, only once
+    // it runs; other tests start log threads too. Wait for every one of
+    // them to have set its policy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let policies = policies_of("waverify-log");
+        if !policies.is_empty() && policies.iter().all(|&p| p == SCHED_BATCH) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log threads' policies: {policies:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// What `commit_check` would log for `v`.
 fn record_of(v: &Verification, counted: Option<&Counted>) -> CheckRecord {
     CheckRecord {
