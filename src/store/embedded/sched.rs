@@ -11,6 +11,10 @@
 //! lengthens the slowest answers. On the project's 2-core benchmark this
 //! took a webhook from about 25.5 to 23.5 µs of server CPU and added a
 //! millisecond or two to the p99 (see the README's Performance section).
+//!
+//! The thread that fills the log's next segment with zeros ahead of time
+//! runs as batch work too: nothing waits for it. Linux passes a thread's
+//! policy on to the threads it starts, and the log thread starts those.
 
 use std::io;
 

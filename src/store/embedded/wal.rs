@@ -437,9 +437,14 @@ impl Disk for Directory {
             _ => zeroed_segment(&self.dir, number)?,
         };
         let dir = self.dir.clone();
-        let following = thread::Builder::new()
-            .name("waverify-log-prepare".into())
-            .spawn(move || zeroed_segment(&dir, number + 1))?;
+        // Bulk work that nobody waits for: batch, like the log thread. (A
+        // thread started from the log thread would inherit that policy
+        // anyway; the first one is started at open, from another thread.)
+        let following =
+            thread::Builder::new().name("waverify-log-prepare".into()).spawn(move || {
+                let _ = sched::run_as_batch();
+                zeroed_segment(&dir, number + 1)
+            })?;
         *next = Some((number + 1, following));
         Ok(file)
     }
