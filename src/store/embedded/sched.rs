@@ -13,8 +13,7 @@
 //! millisecond or two to the p99 (see the README's Performance section).
 //!
 //! The thread that fills the log's next segment with zeros ahead of time
-//! runs as batch work too: nothing waits for it. Linux passes a thread's
-//! policy on to the threads it starts, and the log thread starts those.
+//! asks for it too: nothing waits for that work.
 
 use std::io;
 
